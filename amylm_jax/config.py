@@ -112,8 +112,10 @@ class CodecConfig:
     def resample_stride(self) -> int:
         stride = self.encoder_frame_rate / self.frame_rate
         if stride != int(stride) or stride < 1:
-            raise ValueError(f"encoder rate {self.encoder_frame_rate} / frame rate "
-                             f"{self.frame_rate} must be a positive integer")
+            raise ValueError(
+                f"encoder rate {self.encoder_frame_rate} / frame rate "
+                f"{self.frame_rate} must be a positive integer"
+            )
         return int(stride)
 
 
@@ -122,8 +124,9 @@ def tiny_codec_config(**overrides: Any) -> CodecConfig:
     cfg = CodecConfig(
         seanet=SEANetConfig(dimension=32, n_filters=4),
         transformer=TransformerConfig(d_model=32, num_heads=2, num_layers=2, dim_feedforward=64),
-        quantizer=QuantizerConfig(dimension=16, input_dimension=32, output_dimension=32,
-                                  bins=64, n_q=6, num_codebooks=4),
+        quantizer=QuantizerConfig(
+            dimension=16, input_dimension=32, output_dimension=32, bins=64, n_q=6, num_codebooks=4
+        ),
     )
     return dataclasses.replace(cfg, **overrides)
 
