@@ -1,0 +1,166 @@
+"""Multi-scale STFT discriminator (audiocraft ``MultiScaleSTFTDiscriminator``, SPEC §5).
+
+Each sub-discriminator takes the complex STFT of the waveform (float32, ``center=False``,
+periodic Hann, window normalisation), stacks ``[real, imag]`` as two channels of an image
+``[B, M frames, F bins, 2]`` (channels-last; height = time, width = frequency) and runs five
+2-D convolutions with LeakyReLU(0.3) plus a post convolution giving the logits.
+
+Weight norm (SPEC §4.5) is reproduced as in PyTorch: the first conv is a plain conv; the
+others store ``kernel_v`` (HWIO ``[kh, kw, in, out]``) and ``kernel_g`` (``[out]``) and use
+``W = g * v / ||v||`` with the norm per output channel over ``(kh, kw, in)``; ``g`` is
+initialised to ``||v||`` so ``W = v`` at init. The PyTorch key map lives in
+``amylm_jax.export.disc_layout``.
+
+``dtype`` is the compute dtype of the convolutions (bf16 policy); the STFT is always
+float32 and logits / feature maps are returned as float32. The conv call is the single
+function :func:`conv2d` so alternative layouts can be benchmarked per backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from amylm_jax.losses.spectral import stft
+from amylm_jax.models.heads import torch_default_init
+
+Dtype = Any
+
+# (kernel (t, f), stride (t, f), dilation (t, f), weight norm) for c0..c4 and post (SPEC §5.1).
+_LAYERS: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool], ...] = (
+    ((3, 9), (1, 1), (1, 1), False),
+    ((3, 9), (1, 2), (1, 1), True),
+    ((3, 9), (1, 2), (2, 1), True),
+    ((3, 9), (1, 2), (4, 1), True),
+    ((3, 3), (1, 1), (1, 1), True),
+)
+_POST = ((3, 3), (1, 1), (1, 1), True)
+
+
+def conv2d(
+    x_BxHxWxC: jax.Array,
+    kernel_HWIO: jax.Array,
+    bias: jax.Array,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: tuple[int, int],
+    dtype: Dtype,
+) -> jax.Array:
+    """``nn.Conv2d`` with symmetric zero padding, channels-last, computed in ``dtype``."""
+    y = jax.lax.conv_general_dilated(
+        x_BxHxWxC.astype(dtype),
+        kernel_HWIO.astype(dtype),
+        window_strides=stride,
+        padding=[(padding[0], padding[0]), (padding[1], padding[1])],
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + bias.astype(dtype)
+
+
+def weight_norm_kernel(v_HWIO: jax.Array, g_O: jax.Array) -> jax.Array:
+    """Effective kernel ``g * v / ||v||``, norm per output channel over ``(kh, kw, in)``.
+
+    Same as ``torch._weight_norm(v, g, dim=0)`` (no epsilon), in float32.
+    """
+    v = v_HWIO.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(v * v, axis=(0, 1, 2)))
+    return v * (g_O.astype(jnp.float32) / norm)
+
+
+class STFTConv(nn.Module):
+    """One 2-D conv of a sub-discriminator, optionally weight-normed, PyTorch default init."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    weight_norm: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        c_in = x.shape[-1]
+        init = torch_default_init(c_in * kh * kw)
+        shape = (kh, kw, c_in, self.features)
+        if self.weight_norm:
+            v = self.param("kernel_v", init, shape)
+            g = self.param(
+                "kernel_g", lambda _, v: jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1, 2))), v
+            )
+            kernel = weight_norm_kernel(v, g)
+        else:
+            kernel = self.param("kernel", init, shape)
+        bias = self.param("bias", init, (self.features,))
+        padding = tuple(
+            ((k - 1) * d) // 2 for k, d in zip(self.kernel_size, self.dilation, strict=True)
+        )
+        return conv2d(x, kernel, bias, self.stride, self.dilation, padding, self.dtype)
+
+
+class DiscriminatorSTFT(nn.Module):
+    """One STFT sub-discriminator: ``[B, N] -> (logits [B, M, F', 1], 5 fmaps [B, M, F_l, C])``."""
+
+    filters: int = 32
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    negative_slope: float = 0.3
+    normalized: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio_BxN: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        spec = stft(audio_BxN, self.n_fft, self.hop_length, self.win_length, self.normalized)
+        z = jnp.stack([jnp.real(spec), jnp.imag(spec)], axis=-1)  # [B, M, F, 2]
+        fmaps = []
+        for i, (kernel, stride, dilation, wn) in enumerate(_LAYERS):
+            z = STFTConv(self.filters, kernel, stride, dilation, wn, self.dtype, name=f"convs_{i}")(
+                z
+            )
+            z = nn.leaky_relu(z, self.negative_slope)
+            fmaps.append(z.astype(jnp.float32))
+        kernel, stride, dilation, wn = _POST
+        logits = STFTConv(1, kernel, stride, dilation, wn, self.dtype, name="conv_post")(z)
+        return logits.astype(jnp.float32), fmaps
+
+
+class MultiScaleSTFTDiscriminator(nn.Module):
+    """Five STFT sub-discriminators ``discs_{k}`` in ``n_ffts`` order (SPEC §5.2).
+
+    Returns ``(logits, fmaps)``: ``logits[k]`` is ``[B, M_k, F'_k, 1]`` and ``fmaps[k]`` a list
+    of five ``[B, M_k, F_{k,l}, filters]`` arrays, all float32.
+    """
+
+    filters: int = 32
+    n_ffts: Sequence[int] = (1024, 2048, 512, 256, 128)
+    hop_lengths: Sequence[int] = (256, 512, 128, 64, 32)
+    win_lengths: Sequence[int] = (1024, 2048, 512, 256, 128)
+    negative_slope: float = 0.3
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio_BxN: jax.Array) -> tuple[list[jax.Array], list[list[jax.Array]]]:
+        if not len(self.n_ffts) == len(self.hop_lengths) == len(self.win_lengths):
+            raise ValueError("n_ffts, hop_lengths and win_lengths must have the same length")
+        logits, fmaps = [], []
+        for k, (n_fft, hop, win) in enumerate(
+            zip(self.n_ffts, self.hop_lengths, self.win_lengths, strict=True)
+        ):
+            lg, fm = DiscriminatorSTFT(
+                self.filters,
+                n_fft,
+                hop,
+                win,
+                self.negative_slope,
+                dtype=self.dtype,
+                name=f"discs_{k}",
+            )(audio_BxN)
+            logits.append(lg)
+            fmaps.append(fm)
+        return logits, fmaps
