@@ -1,0 +1,311 @@
+"""Grain input pipeline: split by clip, crop, batch, shard per process, checkpointable.
+
+The original collator (SPEC §9.3) drew an arbitrary sample start and started the features at
+`floor(start / 1920)`, so targets led the audio by up to 80 ms (D3). By default the start is a
+multiple of 1920 samples (one 12.5 Hz frame) and audio and features line up exactly;
+`frame_aligned_crops=False` restores the original draw for parity runs.
+
+Determinism without hidden state: training example k of a process is a pure function of
+`(cfg, process_index, k)`: epoch `e = k // examples_per_epoch`, a permutation of the
+process's clips seeded by `(seed, e, process_index)`, and a crop start seeded by
+`(seed, e, clip_index)`. Grain iterates `k` and its iterator state is just the next index, so
+`get_state()`/`set_state()` (saved by orbax through grain's checkpoint handler) resume at the
+exact next batch, with or without worker processes.
+
+Batches (docs/CONTRACTS.md): `audio [B, N]`, `wavlm [B, T, Dw]`, `llm [B, T, Dl]`,
+`mask [B, T]` (1 = frame inside the clip) and `weight [B]` (0 = padding example), all float32,
+with `B = batch_size // process_count` per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from amylm_jax.data.store import (
+    FRAME_RATE,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    Store,
+    open_store,
+    resolve_store,
+)
+
+# Distinct tags keep the shuffle and crop random streams independent of each other.
+_SHUFFLE_TAG, _CROP_TAG = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data come from and how it is cut (library side of the data config).
+
+    `batch_size` is GLOBAL: each of `process_count` processes gets `batch_size // process_count`
+    examples per step. `val_clips` (explicit clip ids) overrides `val_fraction`.
+    """
+
+    store: str = "demo"
+    batch_size: int = 16
+    segment_seconds: float = 1.0
+    frame_aligned_crops: bool = True
+    val_fraction: float = 0.2
+    val_clips: tuple[str, ...] = ()
+    split_seed: int = 42
+    seed: int = 42
+    worker_count: int = 0
+    shuffle: bool = True
+
+
+def segment_samples(cfg: DataConfig) -> int:
+    """Crop length N in 24 kHz samples (24000 for the 1 s default)."""
+    return round(cfg.segment_seconds * SAMPLE_RATE)
+
+
+def segment_frames(cfg: DataConfig) -> int:
+    """Crop length T in 12.5 Hz frames, `ceil(segment_seconds * 12.5)` (13 for 1 s)."""
+    return math.ceil(round(cfg.segment_seconds * FRAME_RATE, 6))
+
+
+def _open(store: Store | str) -> Store:
+    return store if isinstance(store, Store) else open_store(resolve_store(store))
+
+
+def split_clips(store: Store, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Train / validation record indices (sorted int64 arrays), split by clip.
+
+    With `cfg.val_clips` the validation set is exactly those clips (unknown ids are an error);
+    otherwise `round(n * val_fraction)` clips drawn with `split_seed` (at least one when the
+    fraction is positive and the store has two or more clips).
+    """
+    n = len(store)
+    if cfg.val_clips:
+        where = {cid: i for i, cid in enumerate(store.clip_ids)}
+        unknown = [c for c in cfg.val_clips if c not in where]
+        if unknown:
+            raise ValueError(f"val_clips not in store {store.path}: {unknown[:5]}")
+        val = np.array(sorted({where[c] for c in cfg.val_clips}), dtype=np.int64)
+    else:
+        if not 0.0 <= cfg.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+        n_val = round(n * cfg.val_fraction)
+        if cfg.val_fraction > 0 and n >= 2:
+            n_val = max(n_val, 1)
+        perm = np.random.default_rng(cfg.split_seed).permutation(n)
+        val = np.sort(perm[:n_val]).astype(np.int64)
+    train = np.setdiff1d(np.arange(n, dtype=np.int64), val)
+    return train, val
+
+
+def _local_batch(cfg: DataConfig, process_count: int) -> int:
+    if process_count < 1 or cfg.batch_size % process_count:
+        raise ValueError(
+            f"global batch_size {cfg.batch_size} must be divisible by process_count {process_count}"
+        )
+    return cfg.batch_size // process_count
+
+
+def _steps(n_train: int, cfg: DataConfig, process_count: int) -> int:
+    local = _local_batch(cfg, process_count)
+    # Every process must take the same number of steps: use the smallest shard.
+    return (n_train // process_count) // local
+
+
+def steps_per_epoch(cfg: DataConfig, process_count: int = 1, store: Store | None = None) -> int:
+    """Training steps per epoch (identical on every process; the remainder is dropped)."""
+    store = store or _open(cfg.store)
+    train, _ = split_clips(store, cfg)
+    return _steps(len(train), cfg, process_count)
+
+
+def crop_start(
+    num_samples: int, cfg: DataConfig, rng: np.random.Generator | None, training: bool = True
+) -> int:
+    """Crop start in samples (SPEC §9.3 step 2 with the D3 fix unless switched off).
+
+    Aligned: a uniform frame index k in `[0, (L - N) // 1920]`, start = 1920 k (the crop fits).
+    Parity: uniform in `[0, L - N)` as the original. Validation and short clips start at 0.
+    """
+    n = segment_samples(cfg)
+    if not training or num_samples <= n:
+        return 0
+    if cfg.frame_aligned_crops:
+        return int(rng.integers(0, (num_samples - n) // SAMPLES_PER_FRAME + 1)) * SAMPLES_PER_FRAME
+    return int(rng.integers(0, num_samples - n))
+
+
+def crop_example(record: dict[str, Any], start: int, cfg: DataConfig) -> dict[str, np.ndarray]:
+    """Cut one example from a store record at `start` samples (§9.3 step 6), zero padded.
+
+    Features start at frame `start // 1920`; `mask[t] = 1` for frames inside the clip's
+    `T_full` frames, so losses may ignore zero padding (D19 keeps them in by default).
+    """
+    n, t = segment_samples(cfg), segment_frames(cfg)
+    audio = np.zeros(n, np.float32)
+    piece = record["audio"][start : start + n]
+    audio[: piece.size] = piece.astype(np.float32) / 32768.0
+    f0 = start // SAMPLES_PER_FRAME
+    out = {"audio": audio}
+    t_full = record["wavlm"].shape[0]
+    for name in ("wavlm", "llm"):
+        feat = np.zeros((t, record[name].shape[1]), np.float32)
+        rows = record[name][f0 : f0 + t]
+        feat[: rows.shape[0]] = rows
+        out[name] = feat
+    out["mask"] = (np.arange(f0, f0 + t) < t_full).astype(np.float32)
+    out["weight"] = np.float32(1.0)
+    return out
+
+
+def padding_example(cfg: DataConfig, wavlm_dim: int, llm_dim: int) -> dict[str, np.ndarray]:
+    """An all-zero example with `weight = 0` (fills the last validation batch)."""
+    n, t = segment_samples(cfg), segment_frames(cfg)
+    return {
+        "audio": np.zeros(n, np.float32),
+        "wavlm": np.zeros((t, wavlm_dim), np.float32),
+        "llm": np.zeros((t, llm_dim), np.float32),
+        "mask": np.zeros(t, np.float32),
+        "weight": np.float32(0.0),
+    }
+
+
+class _TrainExample:
+    """Global example index k -> training example (picklable, for grain worker processes)."""
+
+    def __init__(
+        self, store: Store, clips: np.ndarray, cfg: DataConfig, process_index: int, per_epoch: int
+    ):
+        self.store, self.clips, self.cfg = store, clips, cfg
+        self.process_index, self.per_epoch = process_index, per_epoch
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        order = self._orders.get(epoch)
+        if order is None:
+            if self.cfg.shuffle:
+                key = [self.cfg.seed, _SHUFFLE_TAG, epoch, self.process_index]
+                order = np.random.default_rng(key).permutation(len(self.clips))
+            else:
+                order = np.arange(len(self.clips))
+            if len(self._orders) > 4:  # reader threads touch at most neighbouring epochs
+                self._orders.clear()
+            self._orders[epoch] = order
+        return order
+
+    def __call__(self, k: int, _: Any) -> dict[str, np.ndarray]:
+        epoch, pos = divmod(int(k), self.per_epoch)
+        clip = int(self.clips[self._order(epoch)[pos]])
+        record = self.store[clip]
+        rng = np.random.default_rng([self.cfg.seed, _CROP_TAG, epoch, clip])
+        start = crop_start(record["audio"].size, self.cfg, rng, training=True)
+        return crop_example(record, start, self.cfg)
+
+
+class _EvalExample:
+    """Record index (or -1 for padding) -> validation example cropped at the clip start."""
+
+    def __init__(self, store: Store, cfg: DataConfig):
+        self.store, self.cfg = store, cfg
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        if index < 0:
+            return padding_example(self.cfg, self.store.wavlm_dim, self.store.llm_dim)
+        return crop_example(self.store[int(index)], 0, self.cfg)
+
+
+def _to_plain_arrays(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in batch.items()}
+
+
+def _finish(ds: Any, cfg: DataConfig) -> Any:
+    import grain
+
+    # Elements are whole batches: a small thread pool and buffer are plenty.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+    if cfg.worker_count > 0:
+        from absl import flags
+
+        # Grain's worker processes read absl flags; outside an absl main (tests, notebooks)
+        # nothing parsed them, so use their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
+        # Workers hand back shared-memory arrays; copy them into ordinary arrays (a few MB per
+        # batch) so their segments are released at once, not whenever the caller drops them.
+        it_ds = it_ds.map(_to_plain_arrays)
+    return it_ds
+
+
+def make_train_dataset(
+    cfg: DataConfig, *, process_index: int = 0, process_count: int = 1, store: Store | None = None
+) -> Any:
+    """The infinite per-process training `grain.IterDataset` of batches (see module docstring).
+
+    Process p trains on clips `train[p::process_count]` (disjoint, covering the split).
+    """
+    import grain
+
+    store = store or _open(cfg.store)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    local_batch = _local_batch(cfg, process_count)
+    train, _ = split_clips(store, cfg)
+    steps = _steps(len(train), cfg, process_count)
+    if steps == 0:
+        raise ValueError(
+            f"store {store.path} has {len(train)} training clips: too few for a global batch of "
+            f"{cfg.batch_size} over {process_count} process(es); lower batch_size"
+        )
+    clips = train[process_index::process_count]
+    fn = _TrainExample(store, clips, cfg, process_index, per_epoch=steps * local_batch)
+    ds = grain.MapDataset.range(fn.per_epoch).repeat(None).map_with_index(fn)
+    return _finish(ds.batch(local_batch, drop_remainder=True), cfg)
+
+
+def make_train_iterator(
+    cfg: DataConfig, *, process_index: int = 0, process_count: int = 1, store: Store | None = None
+) -> Any:
+    """Endless iterator of per-process training batches with `get_state()`/`set_state()`."""
+    ds = make_train_dataset(
+        cfg, process_index=process_index, process_count=process_count, store=store
+    )
+    return iter(ds)
+
+
+def eval_steps(cfg: DataConfig, process_count: int = 1, store: Store | None = None) -> int:
+    """Validation batches per pass (the same on every process)."""
+    store = store or _open(cfg.store)
+    _, val = split_clips(store, cfg)
+    return math.ceil(math.ceil(len(val) / process_count) / _local_batch(cfg, process_count))
+
+
+def make_eval_iterator(
+    cfg: DataConfig, *, process_index: int = 0, process_count: int = 1, store: Store | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over this process's validation clips, cropped from the start of each clip.
+
+    The last batch is padded to full size with `weight = 0` examples; every process yields
+    `eval_steps(cfg, process_count)` batches so multi-host evaluation stays in lockstep.
+    """
+    import grain
+
+    store = store or _open(cfg.store)
+    local_batch = _local_batch(cfg, process_count)
+    _, val = split_clips(store, cfg)
+    steps = eval_steps(cfg, process_count, store)
+    items: Sequence[int] = [int(i) for i in val[process_index::process_count]]
+    items = list(items) + [-1] * (steps * local_batch - len(items))
+    if not items:
+        return iter(())
+    ds = grain.MapDataset.source(items).map(_EvalExample(store, cfg))
+    return _closing(iter(_finish(ds.batch(local_batch, drop_remainder=False), cfg)))
+
+
+def _closing(it: Any) -> Iterator[dict[str, np.ndarray]]:
+    """Yield from a grain iterator and close it (stopping worker processes) when done."""
+    try:
+        yield from it
+    finally:
+        it.close()
