@@ -15,6 +15,7 @@ the user to pass a local path, instead of hanging on a download.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +118,9 @@ class WavLMTeacher:
         kwargs = {"input_values": inputs["input_values"].to(self.device, dtype)}
         if use_mask:
             kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # torch warns that WavLM mixes a bool padding mask with a float position bias.
+            warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
             hidden = self.model(**kwargs).last_hidden_state.float().cpu().numpy()
         return [hidden[i, : align.wavlm_frame_count(n)] for i, n in enumerate(lengths)]
 

@@ -1,0 +1,372 @@
+"""Offline feature preparation: word alignments + audio -> aligned feature store.
+
+One pass per clip, done once instead of on every epoch (SPEC §9.4): the audio is resampled once
+from its source rate to 24 kHz (codec) and 16 kHz (WavLM); WavLM frames are trimmed per clip
+(D1) and pooled to ``T_full = ceil(duration * 12.5)``; LLM token features are interval-averaged
+with the D4 guard. Both are stored as float16.
+
+Work is resumable: each finished clip is cached as one ``.npz`` (in ``<out>.work/`` unless a
+cache directory is given) with a fingerprint of its inputs, so a rerun skips finished clips and
+redoes changed ones; the store is then written from the cache. Bad clips (unreadable audio,
+missing alignment, out-of-order times, non-finite features) raise :class:`ClipError` naming
+the clip, or with ``skip_bad`` are counted and listed in the manifest's ``skipped``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amylm_jax.data import align, audio
+
+MIN_DURATION_S = 0.1
+# Words may end slightly past the last sample (ASR rounding); more than this means the
+# alignment belongs to other audio.
+ALIGNMENT_SLACK_S = 0.25
+_CACHE_VERSION = 1
+
+
+class ClipError(ValueError):
+    """A clip cannot be prepared; the message starts with the clip id."""
+
+    def __init__(self, clip_id: str, reason: str) -> None:
+        super().__init__(f"clip {clip_id!r}: {reason}")
+        self.clip_id, self.reason = clip_id, reason
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip to prepare: resolved audio path and silence-injected words."""
+
+    clip_id: str
+    audio: str
+    words: list[dict]
+    transcript: str
+
+    def fingerprint(self) -> str:
+        """Hash of everything the cached features depend on (inputs, not teachers)."""
+        size = os.path.getsize(self.audio) if os.path.isfile(self.audio) else -1
+        payload = json.dumps([self.audio, size, self.words], sort_keys=True)
+        return hashlib.sha1(payload.encode()).hexdigest()
+
+
+def read_alignment_records(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL alignment manifest or a JSON list of the same objects."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        records = json.loads(text)
+    else:
+        records = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: line {n} is not valid JSON ({err})") from err
+    if not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: expected one JSON object per clip")
+    return records
+
+
+def _record_words(record: Mapping[str, Any]) -> Any:
+    """The word list of a record: ``words``, or the original's ``alignment_json`` ``word``."""
+    words = record.get("words")
+    if words is None and record.get("alignment_json") is not None:
+        aj = record["alignment_json"]
+        aj = json.loads(aj) if isinstance(aj, str) else aj
+        words = aj.get("word") if isinstance(aj, dict) else None
+    return json.loads(words) if isinstance(words, str) else words
+
+
+def _transcript(record: Mapping[str, Any], words: Sequence[Mapping]) -> str:
+    if record.get("transcript") is not None:
+        return str(record["transcript"])
+    aj = record.get("alignment_json")
+    aj = json.loads(aj) if isinstance(aj, str) else aj
+    if isinstance(aj, dict) and aj.get("original_text"):
+        return str(aj["original_text"])
+    return " ".join(w["word"] for w in words if w["word"] != align.SILENCE)
+
+
+def parse_record(record: Mapping[str, Any], base_dir: str | os.PathLike, index: int) -> ClipSpec:
+    """Validate one manifest record and turn it into a :class:`ClipSpec` (or raise ClipError)."""
+    cid = record.get("clip_id", record.get("segment_id"))
+    if cid is None:
+        raise ValueError(f"manifest record {index} has no clip_id")
+    cid = str(cid)
+    if not record.get("audio"):
+        raise ClipError(cid, "no audio path in the manifest")
+    path = os.path.join(base_dir, os.path.expanduser(str(record["audio"])))
+    if not os.path.isfile(path):
+        raise ClipError(cid, f"audio file not found: {record['audio']}")
+    words = _record_words(record)
+    if not words:
+        raise ClipError(cid, "missing alignment (no words)")
+    try:
+        entries = [
+            {"word": str(w.get("word", w.get("text"))), "start": float(w["start"]),
+             "end": float(w["end"])}
+            for w in words
+        ]  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ClipError(cid, f"malformed word entry ({err!r})") from err
+    for n, w in enumerate(entries):
+        if not (np.isfinite(w["start"]) and np.isfinite(w["end"])) or w["start"] < 0:
+            raise ClipError(cid, f"word {n} {w['word']!r} has invalid times {w}")
+        if w["end"] < w["start"] and not (w["end"] == -1.0 and n == len(entries) - 1):
+            raise ClipError(cid, f"word {n} {w['word']!r} ends before it starts {w}")
+    if not align.has_silence_injected(entries):
+        entries = align.inject_silence(entries)
+    return ClipSpec(cid, path, entries, _transcript(record, entries))
+
+
+def _cache_name(clip_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", clip_id)[:80]
+    return f"{safe}-{hashlib.sha1(clip_id.encode()).hexdigest()[:10]}.npz"
+
+
+def clip_record(
+    spec: ClipSpec,
+    audio_24k: np.ndarray,
+    wavlm_frames: np.ndarray,
+    llm_feats: np.ndarray,
+    llm_times: np.ndarray,
+    dims: tuple[int, int],
+    repair_times: bool = False,
+) -> dict[str, Any]:
+    """Align one clip's teacher outputs onto its 12.5 Hz grid; ClipError on bad features."""
+    duration = len(audio_24k) / audio.CODEC_RATE
+    t_full = align.full_frame_count(duration)
+    for name, feats, dim in (("wavlm", wavlm_frames, dims[0]), ("llm", llm_feats, dims[1])):
+        if feats.ndim != 2 or feats.shape[1] != dim or feats.shape[0] == 0:
+            raise ClipError(
+                spec.clip_id, f"{name} features have shape {feats.shape}, want [*, {dim}]"
+            )
+        if not np.all(np.isfinite(feats)):
+            raise ClipError(spec.clip_id, f"{name} features contain NaN or Inf")
+    last_end = max(max(w["start"], w["end"]) for w in spec.words)
+    if last_end > duration + ALIGNMENT_SLACK_S:
+        raise ClipError(
+            spec.clip_id, f"alignment reaches {last_end:.2f} s but the audio is {duration:.2f} s"
+        )
+    try:
+        llm = align.llm_to_frames(llm_feats, llm_times, duration, repair=repair_times)
+    except ValueError as err:
+        raise ClipError(spec.clip_id, str(err)) from err
+    record = {
+        "clip_id": spec.clip_id,
+        "audio": audio.to_int16(audio_24k),
+        "wavlm": align.wavlm_to_frames(wavlm_frames, t_full).astype(np.float16),
+        "llm": llm.astype(np.float16),
+        "duration": duration,
+        "transcript": spec.transcript,
+    }
+    for name in ("wavlm", "llm"):
+        if not np.all(np.isfinite(record[name])):
+            raise ClipError(spec.clip_id, f"{name} features overflow float16")
+    return record
+
+
+def _save_npz(path: Path, record: Mapping[str, Any], fingerprint: str) -> None:
+    """Write atomically so an interrupted run never leaves a truncated cache entry."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            audio=record["audio"],
+            wavlm=record["wavlm"],
+            llm=record["llm"],
+            duration=np.float64(record["duration"]),
+            transcript=np.str_(record["transcript"]),
+            fingerprint=np.str_(fingerprint),
+        )
+    os.replace(tmp, path)
+
+
+def _load_npz(path: Path, clip_id: str) -> dict[str, Any]:
+    with np.load(path) as z:
+        return {
+            "clip_id": clip_id,
+            "audio": z["audio"],
+            "wavlm": z["wavlm"],
+            "llm": z["llm"],
+            "duration": float(z["duration"]),
+            "transcript": str(z["transcript"]),
+        }
+
+
+def _cached_fingerprint(path: Path) -> str | None:
+    try:
+        with np.load(path) as z:
+            return str(z["fingerprint"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _teacher_name(teacher: Any) -> str:
+    return teacher if isinstance(teacher, str) else teacher.name
+
+
+def _open_cache(cache: Path, wavlm: Any, llm: Any) -> dict[str, Any]:
+    """Create or check the cache's metadata: features from other teachers must not mix."""
+    cache.mkdir(parents=True, exist_ok=True)
+    meta_path = cache / "cache.json"
+    want = {"version": _CACHE_VERSION, "wavlm": _teacher_name(wavlm), "llm": _teacher_name(llm)}
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if {k: meta.get(k) for k in want} != want:
+            raise ValueError(
+                f"feature cache {cache} was built with teachers {meta.get('wavlm')!r} / "
+                f"{meta.get('llm')!r}; delete it or pass another cache_dir"
+            )
+        return meta
+    meta_path.write_text(json.dumps(want) + "\n")
+    return want
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _extract_batch(batch, wavlm, llm, cache, dims, repair_times, on_bad) -> None:
+    """Load audio, run both teachers on a batch, align and cache each clip."""
+    loaded = []
+    for spec in batch:
+        try:
+            waves = audio.load_resampled(spec.audio)
+        except audio.AudioError as err:
+            on_bad(ClipError(spec.clip_id, str(err)))
+            continue
+        seconds = len(waves[audio.CODEC_RATE]) / audio.CODEC_RATE
+        if seconds < MIN_DURATION_S:
+            on_bad(
+                ClipError(spec.clip_id, f"audio too short ({seconds:.3f} s < {MIN_DURATION_S} s)")
+            )
+            continue
+        loaded.append((spec, waves))
+    if not loaded:
+        return
+    wavlm_out = wavlm.extract([w[audio.WAVLM_RATE] for _, w in loaded])
+    llm_out = llm.extract([s.words for s, _ in loaded])
+    for (spec, waves), w_feats, (l_feats, l_times) in zip(loaded, wavlm_out, llm_out, strict=True):
+        try:
+            rec = clip_record(spec, waves[audio.CODEC_RATE], w_feats, l_feats, l_times, dims,
+                              repair_times)  # fmt: skip
+        except ClipError as err:
+            on_bad(err)
+            continue
+        _save_npz(cache / _cache_name(spec.clip_id), rec, spec.fingerprint())
+
+
+def build_store(
+    manifest: str | os.PathLike | Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    wavlm: Any = "tiny-random",
+    llm: Any = "tiny-random",
+    batch_size: int = 8,
+    device: str = "cpu",
+    skip_bad: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    base_dir: str | os.PathLike | None = None,
+    repair_times: bool = False,
+    overwrite: bool = False,
+    keep_cache: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build an aligned feature store from an alignment manifest; returns its manifest.
+
+    ``manifest`` is a JSONL/JSON path (audio paths relative to it) or a list of records (paths
+    relative to ``base_dir``, default the working directory). ``wavlm``/``llm`` are teacher
+    names (hub id, local path, ``tiny-random``) or already loaded teachers.
+    """
+    import shutil
+
+    from tqdm import tqdm
+
+    from amylm_jax.data import teachers
+    from amylm_jax.data.store import StoreWriter, open_store
+
+    if isinstance(manifest, (str, os.PathLike)):
+        records, base = read_alignment_records(manifest), Path(manifest).parent
+    else:
+        records, base = list(manifest), Path(base_dir or os.getcwd())
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite to replace it")
+    skipped: dict[str, str] = {}
+
+    def on_bad(err: ClipError) -> None:
+        if not skip_bad:
+            raise err
+        skipped[err.clip_id] = err.reason
+
+    specs: list[ClipSpec] = []
+    seen: set[str] = set()
+    for i, rec in enumerate(records):
+        try:
+            spec = parse_record(rec, base, i)
+        except ClipError as err:
+            on_bad(err)
+            continue
+        if spec.clip_id in seen:
+            raise ValueError(f"clip {spec.clip_id!r}: duplicate clip_id in the manifest")
+        seen.add(spec.clip_id)
+        specs.append(spec)
+
+    cache = Path(cache_dir) if cache_dir is not None else out_dir.with_name(out_dir.name + ".work")
+    meta = _open_cache(cache, wavlm, llm)
+    pending = [
+        s for s in specs if _cached_fingerprint(cache / _cache_name(s.clip_id)) != s.fingerprint()
+    ]
+    if pending or "wavlm_dim" not in meta:
+        if isinstance(wavlm, str):
+            wavlm = teachers.load_wavlm(wavlm, device=device)
+        if isinstance(llm, str):
+            llm = teachers.load_llm(llm, device=device)
+        meta.update(wavlm_dim=wavlm.dim, llm_dim=llm.dim)
+        (cache / "cache.json").write_text(json.dumps(meta) + "\n")
+    dims = (int(meta["wavlm_dim"]), int(meta["llm_dim"]))
+    with tqdm(
+        total=len(pending), desc="teacher features", unit="clip", disable=not progress
+    ) as bar:
+        for batch in _batches(pending, batch_size):
+            _extract_batch(batch, wavlm, llm, cache, dims, repair_times, on_bad)
+            bar.update(len(batch))
+
+    extra = {
+        "source": "alignment manifest",
+        "wavlm_pooling": "adaptive average of per-clip trimmed frames (D1 fixed)",
+        "llm_alignment": "prefix-sum interval mean over word windows (D4 guarded)",
+        "times_repaired": bool(repair_times),
+        "num_input_clips": len(records),
+    }
+    if all(s.clip_id in skipped for s in specs):
+        raise ValueError(f"no clip left to store: all {len(records)} were skipped ({skipped})")
+    writer = StoreWriter(
+        out_dir,
+        wavlm_dim=dims[0],
+        llm_dim=dims[1],
+        teachers={"wavlm": _teacher_name(wavlm), "llm": _teacher_name(llm)},
+        extra_manifest=extra,
+        overwrite=overwrite,
+    )
+    with writer as w:
+        for spec in specs:
+            if spec.clip_id in skipped:
+                continue
+            w.add(_load_npz(cache / _cache_name(spec.clip_id), spec.clip_id))
+        for cid, reason in skipped.items():
+            w.skip(cid, reason)
+    if not keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    return open_store(out_dir).manifest
