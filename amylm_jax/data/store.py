@@ -119,6 +119,12 @@ def validate_record(record: Mapping[str, Any], wavlm_dim: int, llm_dim: int) -> 
             raise ValueError(f"clip {cid!r}: {name} contains NaN or Inf")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class StoreWriter:
     """Context manager that writes a store atomically; see the module docstring.
 
@@ -218,6 +224,7 @@ class StoreWriter:
             "skipped": self._skipped,
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(self._tmp, 0o777 & ~_umask())  # mkdtemp made it private; use normal perms
         old = None
         if self.out_dir.exists():
             if not self.overwrite:
