@@ -144,18 +144,20 @@ def torch_mel_filterbank(
 ) -> torch.Tensor:
     """torchaudio ``melscale_fbanks(..., norm=None, mel_scale="htk")`` as ``[F, n_mels]``."""
     f_max = sample_rate / 2 if f_max is None else f_max
-    all_freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    # float64 here (torchaudio uses float32, which is off by up to ~1e-5): this is the formula
+    # check, so keep its own rounding out of the way.
+    all_freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1, dtype=torch.float64)
 
     def hz_to_mel(f: float) -> float:
         return 2595.0 * math.log10(1.0 + f / 700.0)
 
-    m_pts = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2)
+    m_pts = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
     f_pts = 700.0 * (10 ** (m_pts / 2595.0) - 1.0)
     f_diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # [F, n_mels + 2]
     down = (-1.0 * slopes[:, :-2]) / f_diff[:-1]
     up = slopes[:, 2:] / f_diff[1:]
-    return torch.clamp(torch.min(down, up), min=0.0)
+    return torch.clamp(torch.min(down, up), min=0.0).float()
 
 
 def _pad_for_conv1d(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Literal
 
 import jax
@@ -109,9 +110,11 @@ def stft(
 def _mel_filterbank_cached(
     sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float
 ) -> np.ndarray:
-    fb = librosa.filters.mel(
-        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=True, norm=None
-    )
+    with warnings.catch_warnings():  # empty filters at small n_fft are intended (see below)
+        warnings.simplefilter("ignore", UserWarning)
+        fb = librosa.filters.mel(
+            sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=True, norm=None
+        )
     fb = np.ascontiguousarray(fb.T.astype(np.float32))
     fb.setflags(write=False)
     return fb
