@@ -202,3 +202,20 @@ def test_eval_pass_padding_and_weights(store_path):
 def test_too_small_store_is_a_clear_error(store_path):
     with pytest.raises(ValueError, match="too few"):
         P.make_train_iterator(dataclasses.replace(_cfg(store_path), batch_size=64))
+
+
+def test_orbax_checkpoint_of_the_iterator(store_path, tmp_path):
+    import grain
+    import orbax.checkpoint as ocp
+
+    cfg = _cfg(store_path)
+    reference = _take(P.make_train_iterator(cfg), 4)
+    it = P.make_train_iterator(cfg)
+    _take(it, 3)
+    handler = {"data": grain.checkpoint.CheckpointHandler()}
+    mgr = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",), item_handlers=handler)
+    mgr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mgr.wait_until_finished()
+    fresh = P.make_train_iterator(cfg)
+    mgr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+    assert _equal(next(fresh), reference[3])
