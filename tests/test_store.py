@@ -128,3 +128,13 @@ def test_frames_for_duration():
     assert S.frames_for_duration(13440 / 24000) == 7
     assert S.frames_for_duration(1.0) == 13
     assert S.frames_for_duration(0.0801) == 2
+
+
+def test_clip_ids_come_from_manifest_and_are_checked(tmp_path, rng):
+    path = _write(tmp_path / "s", [_record(rng, c, 24000) for c in ("b", "a", "c")])
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["clip_ids"] == ["b", "a", "c"] == S.open_store(path).clip_ids
+    manifest["clip_ids"] = ["a", "b", "c"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="clip_ids"):
+        S.check_store(path)

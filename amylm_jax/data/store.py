@@ -5,7 +5,8 @@ every epoch (SPEC §9.4) and kept untrimmed WavLM sequences (D1). Here the offli
 (`amylm_jax.data.prepare`) aligns each clip once and writes the result with `StoreWriter`;
 the training pipeline only crops. A store is a directory:
 
-    manifest.json                 version, rates, counts, dims, teachers, shards, skipped clips
+    manifest.json                 version, rates, counts, dims, teachers, shards, clip ids,
+                                  skipped clips
     shard-00000.array_record ...  one record per clip (`encode_record`)
 
 Records are serialised without pickle: a length-prefixed JSON header followed by the raw
@@ -158,7 +159,7 @@ class StoreWriter:
         self._writer: Any = None
         self._shards: list[dict[str, Any]] = []
         self._skipped: list[dict[str, str]] = []
-        self._ids: set[str] = set()
+        self._ids: dict[str, None] = {}  # insertion-ordered set: record order
         self._total_seconds = 0.0
 
     def __enter__(self) -> StoreWriter:
@@ -186,7 +187,7 @@ class StoreWriter:
             self._open_shard()
         self._writer.write(encode_record(record))
         self._shards[-1]["num_records"] += 1
-        self._ids.add(cid)
+        self._ids[cid] = None
         self._total_seconds += float(record["duration"])
 
     def skip(self, clip_id: str, reason: str) -> None:
@@ -222,6 +223,7 @@ class StoreWriter:
             "teachers": self.teachers,
             "shards": self._shards,
             "skipped": self._skipped,
+            "clip_ids": list(self._ids),
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(self._tmp, 0o777 & ~_umask())  # mkdtemp made it private; use normal perms
@@ -299,9 +301,9 @@ class Store:
 
     @property
     def clip_ids(self) -> list[str]:
-        """Clip ids in record order (read once, then cached)."""
+        """Clip ids in record order (from the manifest, so no record is read)."""
         if self._clip_ids is None:
-            self._clip_ids = [self[i]["clip_id"] for i in range(len(self))]
+            self._clip_ids = [str(c) for c in self.manifest["clip_ids"]]
         return self._clip_ids
 
     @property
@@ -326,7 +328,7 @@ def check_store(path: str | os.PathLike) -> dict[str, Any]:
     """
     store = open_store(path)
     m = store.manifest
-    for key in ("version", "num_clips", "wavlm_dim", "llm_dim", "shards", "skipped"):
+    for key in ("version", "num_clips", "wavlm_dim", "llm_dim", "shards", "skipped", "clip_ids"):
         if key not in m:
             raise ValueError(f"store {store.path}: manifest lacks {key!r}")
     if m["version"] != STORE_VERSION:
@@ -336,7 +338,8 @@ def check_store(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"store {store.path}: missing shard {p.name}")
     from array_record.python.array_record_module import ArrayRecordReader
 
-    seen: set[str] = set()
+    seen: list[str] = []
+    seen_set: set[str] = set()
     total = 0.0
     n = 0
     for shard, p in zip(m["shards"], store.shard_paths(), strict=True):
@@ -351,15 +354,18 @@ def check_store(path: str | os.PathLike) -> dict[str, Any]:
             for data in reader.read_all():
                 rec = decode_record(data)
                 validate_record(rec, store.wavlm_dim, store.llm_dim)
-                if rec["clip_id"] in seen:
+                if rec["clip_id"] in seen_set:
                     raise ValueError(f"clip {rec['clip_id']!r}: duplicate clip_id")
-                seen.add(rec["clip_id"])
+                seen.append(rec["clip_id"])
+                seen_set.add(rec["clip_id"])
                 total += rec["duration"]
                 n += 1
         finally:
             reader.close()
     if n != m["num_clips"]:
         raise ValueError(f"store {store.path}: {n} records, manifest num_clips {m['num_clips']}")
+    if seen != list(m["clip_ids"]):
+        raise ValueError(f"store {store.path}: manifest clip_ids do not match the records")
     return {
         "path": str(store.path),
         "num_clips": n,
