@@ -57,7 +57,7 @@ def _row_audio(value: Any, clip_id: str) -> tuple[np.ndarray, int]:
     try:
         if isinstance(value, dict) and "array" in value:
             wave = audio.to_mono(np.asarray(value["array"], dtype=np.float32))
-            return audio.check_wave(wave, clip_id), int(value["sampling_rate"])
+            return audio.check_wave(wave, "audio column"), int(value["sampling_rate"])
         if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
             return audio.load_audio(value.get("bytes") or value["path"])
     except audio.AudioError as err:
