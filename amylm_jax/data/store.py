@@ -303,7 +303,8 @@ class Store:
     def clip_ids(self) -> list[str]:
         """Clip ids in record order (from the manifest, so no record is read)."""
         if self._clip_ids is None:
-            self._clip_ids = [str(c) for c in self.manifest["clip_ids"]]
+            ids = self.manifest.get("clip_ids") or [self[i]["clip_id"] for i in range(len(self))]
+            self._clip_ids = [str(c) for c in ids]
         return self._clip_ids
 
     @property
