@@ -1,6 +1,7 @@
 """Tests of importing the original HF dataset layout: round trip, D1 repair count, bad rows."""
 
 import io
+import json
 
 import datasets
 import numpy as np
@@ -144,3 +145,21 @@ def test_bad_rows_error_or_counted_skip(tmp_path, rng, case, match):
     if case == "order":
         fixed = importer.import_hf_dataset(path, tmp_path / "r", repair_times=True, progress=False)
         assert fixed["num_clips"] == 3 and fixed["times_repaired"] is True
+
+
+def test_cli_import_mode(tmp_path, rng, capsys):
+    from absl import flags
+
+    from amylm_jax import prepare as cli
+
+    path = _save(tmp_path, _rows(rng))
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["prepare", f"--import_hf={path}", f"--out={tmp_path / 's'}", "--repair_d1"])
+        cli.main([])
+        report = json.loads(capsys.readouterr().out)
+        assert report["num_clips"] == 3 and report["d1_repaired"] == 2
+        with pytest.raises(SystemExit, match="exists"):
+            cli.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
