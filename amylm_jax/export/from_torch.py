@@ -127,7 +127,8 @@ def torch_to_flax(
                     f"shape mismatch for {rule.torch_key!r}: checkpoint has "
                     f"{tuple(value.shape)}, the config expects {rule.torch_shape}"
                 )
-            value = np.ascontiguousarray(to_flax(rule.kind, value.astype(np.float32)))
+            # np.array (not ascontiguousarray, which turns 0-d into 1-d) makes a C-order copy.
+            value = np.array(to_flax(rule.kind, value), dtype=np.float32, order="C")
         else:
             missing.append(rule.torch_key)
             value = _default(rule, config, base)
@@ -158,7 +159,7 @@ def flax_to_torch(
             if int(rule.torch_key.split(".")[4]) >= 1:
                 continue
         value = np.asarray(_get(variables[rule.collection], rule.path), np.float32)
-        out[rule.torch_key] = np.ascontiguousarray(to_torch(rule.kind, value))
+        out[rule.torch_key] = np.array(to_torch(rule.kind, value), order="C")
         if out[rule.torch_key].shape != rule.torch_shape:
             raise ValueError(
                 f"{'/'.join(rule.path)} has shape {value.shape}; cannot export as "

@@ -150,18 +150,11 @@ def _transformer_rules(config: CodecConfig) -> list[TensorRule]:
             def add(key, sub, kind, shape, prefix=prefix, path=path):
                 rules.append(TensorRule(f"{prefix}.{key}", "params", (*path, *sub), kind, shape))
 
-            add(
-                "self_attn.in_projs.0.weight",
-                ("self_attn", "in_proj", "kernel"),
-                "linear",
-                (3 * d, d),
-            )
-            add(
-                "self_attn.out_projs.0.weight",
-                ("self_attn", "out_proj", "kernel"),
-                "linear",
-                (d, d),
-            )
+            # Same order as the PyTorch state dict (out_projs is registered first).
+            attn = ("self_attn", "out_proj", "kernel")
+            add("self_attn.out_projs.0.weight", attn, "linear", (d, d))
+            attn = ("self_attn", "in_proj", "kernel")
+            add("self_attn.in_projs.0.weight", attn, "linear", (3 * d, d))
             for norm in ("norm1", "norm2"):
                 add(f"{norm}.weight", (norm, "scale"), "vector", (d,))
                 add(f"{norm}.bias", (norm, "bias"), "vector", (d,))
