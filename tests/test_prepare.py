@@ -193,6 +193,13 @@ def test_manifest_errors(tmp_path):
         prepare.read_alignment_records(tmp_path / "m.jsonl")
     with pytest.raises(ValueError, match="record 0 has no clip_id"):
         prepare.parse_record({"audio": "x.wav"}, tmp_path, 0)
+    _write(tmp_path, "x.wav", 0.5)
+    with pytest.raises(prepare.ClipError, match="clip 'x': malformed word entry"):
+        prepare.parse_record({"clip_id": "x", "audio": "x.wav", "words": [{"start": 0, "end": 1}]},
+                             tmp_path, 0)  # fmt: skip
+    with pytest.raises(prepare.ClipError, match="clip 'x': word 0 'a' ends before it starts"):
+        rec = {"clip_id": "x", "audio": "x.wav", "words": [{"word": "a", "start": 0.4, "end": 0.2}]}
+        prepare.parse_record(rec, tmp_path, 0)
 
 
 def test_cli_check_and_usage(tmp_path, tiny, capsys):

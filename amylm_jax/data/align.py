@@ -181,7 +181,7 @@ def llm_to_frames(
     return ((csum[e + 1] - csum[s]) / counts).astype(np.float32)
 
 
-def _word_text(word: Mapping) -> str:
+def word_text(word: Mapping) -> str:
     """Text of one alignment entry; the original uses ``text`` where we use ``word``."""
     text = word.get("word", word.get("text"))
     if text is None:
@@ -197,7 +197,7 @@ def inject_silence(words: Sequence[Mapping]) -> list[dict]:
     (D11: ``<silence>`` is plain text to it), so parity needs the same rule.
     """
     entries = [
-        {"word": _word_text(w), "start": float(w["start"]), "end": float(w["end"])} for w in words
+        {"word": word_text(w), "start": float(w["start"]), "end": float(w["end"])} for w in words
     ]
     entries.sort(key=lambda w: w["start"])
     out: list[dict] = []
@@ -213,12 +213,12 @@ def inject_silence(words: Sequence[Mapping]) -> list[dict]:
 
 def has_silence_injected(words: Sequence[Mapping]) -> bool:
     """True when ``words`` already ends with the trailing ``<silence>`` (end -1) entry."""
-    return bool(words) and _word_text(words[-1]) == SILENCE and float(words[-1]["end"]) == -1.0
+    return bool(words) and word_text(words[-1]) == SILENCE and float(words[-1]["end"]) == -1.0
 
 
 def alignment_text(words: Sequence[Mapping]) -> str:
     """The LLM input text: every entry (words and silence tokens) joined by single spaces."""
-    return " ".join(_word_text(w) for w in words)
+    return " ".join(word_text(w) for w in words)
 
 
 def token_times_shared_window(token_strings: Sequence[str], words: Sequence[Mapping]) -> np.ndarray:
@@ -233,7 +233,7 @@ def token_times_shared_window(token_strings: Sequence[str], words: Sequence[Mapp
         return times
     w_idx = 0
     start, end = float(words[0]["start"]), float(words[0]["end"])
-    chars_left = len(_word_text(words[0]))
+    chars_left = len(word_text(words[0]))
     prev_end: float | None = None
     for i, tok in enumerate(token_strings):
         n_chars = len(tok.strip())
@@ -250,7 +250,7 @@ def token_times_shared_window(token_strings: Sequence[str], words: Sequence[Mapp
                 prev_end = e
                 continue
             start, end = float(words[w_idx]["start"]), float(words[w_idx]["end"])
-            chars_left = len(_word_text(words[w_idx])) or n_chars
+            chars_left = len(word_text(words[w_idx])) or n_chars
         times[i] = (start, end)
         chars_left -= n_chars
         prev_end = end

@@ -112,10 +112,9 @@ def parse_record(record: Mapping[str, Any], base_dir: str | os.PathLike, index: 
         raise ClipError(cid, "missing alignment (no words)")
     try:
         entries = [
-            {"word": str(w.get("word", w.get("text"))), "start": float(w["start"]),
-             "end": float(w["end"])}
+            {"word": align.word_text(w), "start": float(w["start"]), "end": float(w["end"])}
             for w in words
-        ]  # fmt: skip
+        ]
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ClipError(cid, f"malformed word entry ({err!r})") from err
     for n, w in enumerate(entries):
