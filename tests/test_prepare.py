@@ -117,7 +117,10 @@ def test_input_formats_agree(tmp_path, tiny):
                                        "original_text": "asr text"})}
         for r in records
     ]  # fmt: skip
-    prepare.build_store(original, tmp_path / "orig", wavlm, llm, base_dir="/", progress=False)
+    prepare.build_store(
+        original, tmp_path / "orig", wavlm, llm, base_dir="/", keep_cache=False, progress=False
+    )
+    assert not (tmp_path / "orig.work").exists()
     stores = [open_store(tmp_path / n) for n in ("jsonl", "json", "orig")]
     for i in range(2):
         for s in stores[1:]:
