@@ -180,3 +180,41 @@ def test_jit_matches_no_jit():
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), eager, jitted
     )
     assert float(eager[3]["codebooks"]["rvq_first"]["layers_1"]["initialized"]) == 1.0
+
+
+def test_sharded_batch_matches_single_device():
+    """Statistics are over the global batch: an 8-way batch sharding changes nothing."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    model = SplitResidualVQ(CFG)
+    variables, _ = random_variables(model, seed=5, uninitialized={("rvq_rest", 1)})
+    emb = jax.random.normal(jax.random.key(6), (8, T, CFG.input_dimension))
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    sharded = jax.device_put(emb, NamedSharding(mesh, PartitionSpec("data")))
+
+    @jax.jit
+    def call(v, e):
+        out, upd = model.apply(v, e, train=True, rng=jax.random.key(7), mutable=["codebooks"])
+        return out.x, out.codes, upd
+
+    single, multi = call(variables, emb), call(variables, sharded)
+    np.testing.assert_array_equal(single[1], multi[1])
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), single, multi
+    )
+
+
+def test_no_active_rest_codebooks():
+    cfg = dataclasses.replace(CFG, num_codebooks=2)
+    model = SplitResidualVQ(cfg)
+    variables, emb = random_variables(model, seed=6)
+    assert set(variables["codebooks"]["rvq_rest"]) == {f"layers_{l}" for l in range(4)}
+    out, upd = model.apply(variables, emb, train=True, rng=jax.random.key(0), mutable=["codebooks"])
+    assert out.codes.shape == (B, 2, T) and out.rest.codes.shape == (B, 0, T)
+    assert not np.any(np.asarray(out.rest.x))
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal,
+        upd["codebooks"]["rvq_rest"],
+        variables["codebooks"]["rvq_rest"],
+    )
+    assert model.apply(variables, emb, method=SplitResidualVQ.encode).shape == (B, 2, T)

@@ -70,6 +70,13 @@ class SplitRVQOutput:
     def metrics(self) -> dict[str, jax.Array]:
         return {**self.first.metrics, **self.rest.metrics}
 
+    @property
+    def penalty(self) -> jax.Array:
+        """Codebook-count-weighted mean of both penalties, as the original split forward."""
+        n_first, n_rest = self.first.codes.shape[1], self.rest.codes.shape[1]
+        total = self.first.penalty * n_first + self.rest.penalty * n_rest
+        return total / max(n_first + n_rest, 1)
+
 
 class EuclideanCodebook(nn.Module):
     """State holder for one codebook slot; the arithmetic is in ``vq_codebook``.
