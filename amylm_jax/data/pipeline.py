@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from amylm_jax.data.audio import int16_to_float
 from amylm_jax.data.store import (
     FRAME_RATE,
     SAMPLE_RATE,
@@ -145,7 +146,7 @@ def crop_example(record: dict[str, Any], start: int, cfg: DataConfig) -> dict[st
     n, t = segment_samples(cfg), segment_frames(cfg)
     audio = np.zeros(n, np.float32)
     piece = record["audio"][start : start + n]
-    audio[: piece.size] = piece.astype(np.float32) / 32768.0
+    audio[: piece.size] = int16_to_float(piece)
     f0 = start // SAMPLES_PER_FRAME
     out = {"audio": audio}
     t_full = record["wavlm"].shape[0]
