@@ -37,11 +37,11 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def _torch_weight(kernel_HWIO: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(kernel_HWIO, (3, 2, 0, 1)))
+    return np.array(np.transpose(kernel_HWIO, (3, 2, 0, 1)), order="C")
 
 
 def _flax_kernel(weight_OIHW: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(weight_OIHW, (2, 3, 1, 0)))
+    return np.array(np.transpose(weight_OIHW, (2, 3, 1, 0)), order="C")
 
 
 def _layer_key(k: int, layer: str) -> str:

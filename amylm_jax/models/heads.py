@@ -140,11 +140,12 @@ def head_to_torch(params: dict, kind: str, prefix: str) -> dict[str, np.ndarray]
     for name, leaf in params.items():
         key = f"{prefix}.{_torch_index(kind, name)}"
         if "kernel" in leaf:
-            k = np.asarray(leaf["kernel"])
-            out[key + "weight"] = k.T if k.ndim == 2 else np.transpose(k, (2, 1, 0))
+            k = _to_numpy(leaf["kernel"])
+            w = k.T if k.ndim == 2 else np.transpose(k, (2, 1, 0))
         else:  # LayerNorm
-            out[key + "weight"] = np.asarray(leaf["scale"])
-        out[key + "bias"] = np.asarray(leaf["bias"])
+            w = _to_numpy(leaf["scale"])
+        out[key + "weight"] = np.array(w, order="C")  # writable, contiguous copies
+        out[key + "bias"] = np.array(_to_numpy(leaf["bias"]))
     return out
 
 
