@@ -214,3 +214,16 @@ def test_tree_matches_the_codec():
 
     assert set(want) == {"params", "codebooks"}
     assert shapes(variables) == shapes(dict(want))
+
+
+@pytest.mark.torch
+def test_bf16_safetensors_are_upcast(tmp_path):
+    from safetensors.torch import save_file
+
+    model, _ = build_mimi(tiny=True)
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "mimi_bf16.safetensors"))
+    loaded = load_torch_state(tmp_path / "mimi_bf16.safetensors")
+    key = "decoder.model.0.conv.conv.weight"
+    assert loaded[key].dtype == np.float32
+    np.testing.assert_array_equal(loaded[key], state[key].float().numpy())

@@ -36,12 +36,15 @@ class ImportReport:
         return f"missing={list(self.missing)} unexpected={list(self.unexpected)}"
 
 
-def load_torch_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_torch_state(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Read a ``.safetensors`` file or a PyTorch/Lightning checkpoint into numpy arrays.
 
-    ``.ckpt``/``.pt``/``.pth`` files are read with ``torch.load`` (weights only); their
-    ``state_dict`` (Lightning) or ``model`` (moshi) entry is used when present. Never
-    downloads anything: a path that does not exist raises ``FileNotFoundError``.
+    Floating tensors come back as float32 (bf16 files included; the original also casts on
+    copy). ``.ckpt``/``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)``
+    unless ``allow_pickle`` (only for checkpoints you trust, e.g. a Lightning file whose
+    hyper-parameters hold custom objects); their ``state_dict`` (Lightning) or ``model``
+    (moshi) entry is used when present. Never downloads anything: a path that does not
+    exist raises ``FileNotFoundError``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -49,15 +52,44 @@ def load_torch_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.endswith((".safetensors", ".sft", ".sfts")):
         from safetensors.numpy import load_file
 
-        return dict(load_file(path))
+        try:
+            return {k: _upcast(v) for k, v in load_file(path).items()}
+        except TypeError:  # bfloat16 without ml_dtypes registered: go through torch
+            from safetensors.torch import load_file as load_torch_file
+
+            return _tensors_to_numpy(load_torch_file(path, device="cpu"))
+    import pickle
+
     import torch
 
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: not loadable with weights_only=True ({err}); if you trust the file, "
+            "pass allow_pickle=True"
+        ) from err
     for entry in ("state_dict", "model"):
         if isinstance(blob, Mapping) and isinstance(blob.get(entry), Mapping):
             blob = blob[entry]
             break
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in blob.items()}
+    return _tensors_to_numpy(blob)
+
+
+def _upcast(value: np.ndarray) -> np.ndarray:
+    """Floating arrays of any width (float16, bfloat16, float64) -> float32; ints kept."""
+    if np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_:
+        return value
+    return value.astype(np.float32, copy=False)
+
+
+def _tensors_to_numpy(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in tensors.items():
+        if hasattr(value, "is_floating_point"):  # a torch tensor
+            value = value.float().numpy() if value.is_floating_point() else value.numpy()
+        out[key] = _upcast(np.asarray(value))
+    return out
 
 
 def normalize_keys(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
