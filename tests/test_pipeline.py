@@ -7,6 +7,7 @@ import pytest
 
 from amylm_jax.data import pipeline as P
 from amylm_jax.data import store as S
+from amylm_jax.data.audio import int16_to_float
 
 DW, DL = 4, 3
 # 0.5 s (shorter than the crop), 1 s exactly, and longer clips up to 3 s.
@@ -53,7 +54,7 @@ def _locate(store, batch, j):
     """(clip index, start sample) of example j, found from its audio alone."""
     audio = batch["audio"][j]
     for ci in range(len(store)):
-        pcm = store[ci]["audio"].astype(np.float32) / 32768.0
+        pcm = int16_to_float(store[ci]["audio"])
         for start in np.flatnonzero(pcm == audio[0]):
             seg = pcm[start : start + audio.size]
             if np.array_equal(seg, audio[: seg.size]) and not audio[seg.size :].any():
@@ -189,7 +190,7 @@ def test_eval_pass_padding_and_weights(store_path):
     b = batches[0]
     np.testing.assert_array_equal(b["weight"], [1, 1, 1, 0])
     for j, ci in enumerate([0, 4, 11]):
-        pcm = store[ci]["audio"][:24000].astype(np.float32) / 32768.0
+        pcm = int16_to_float(store[ci]["audio"][:24000])
         np.testing.assert_array_equal(b["audio"][j, : pcm.size], pcm)  # crop from the start
     assert not b["audio"][3].any() and not b["mask"][3].any() and not b["wavlm"][3].any()
     # two processes: same number of batches each, clips split between them
