@@ -393,7 +393,7 @@ def resolve_store(path_or_name: str | os.PathLike) -> Path:
     if not (path / MANIFEST).is_file():
         raise FileNotFoundError(
             f"no feature store at {str(path)!r} (no {MANIFEST}). Pass the directory written by "
-            "`python -m amylm_jax.data.prepare` (an aligned feature store), or 'demo' for the "
+            "`python -m amylm_jax.prepare` (an aligned feature store), or 'demo' for the "
             "bundled demo corpus."
         )
     return path
