@@ -13,13 +13,7 @@ import functools
 import numpy as np
 import torch
 
-from amylm_jax.config import (
-    CodecConfig,
-    QuantizerConfig,
-    SEANetConfig,
-    TransformerConfig,
-    tiny_codec_config,
-)
+from amylm_jax.config import CodecConfig, tiny_codec_config
 
 
 def moshi_config(config: CodecConfig) -> dict:
@@ -104,16 +98,3 @@ def to_torch_bct(x_btc: np.ndarray) -> torch.Tensor:
 def from_torch_bct(y: torch.Tensor) -> np.ndarray:
     """Channels-first torch -> channels-last numpy."""
     return np.transpose(y.detach().numpy(), (0, 2, 1))
-
-
-__all__ = [
-    "CodecConfig",
-    "QuantizerConfig",
-    "SEANetConfig",
-    "TransformerConfig",
-    "build_mimi",
-    "from_torch_bct",
-    "moshi_config",
-    "state_numpy",
-    "to_torch_bct",
-]
