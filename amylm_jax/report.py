@@ -1,0 +1,416 @@
+"""Loss health report: read a run's metrics, judge them against the loss cheat sheet.
+
+``python -m amylm_jax.report PATH [--json] [--plots DIR]`` where PATH is a training workdir
+(holding ``metrics.jsonl``), a ``metrics.jsonl`` file, or a text file of ``train/name:value``
+lines as pasted from a log. The report gives, per quick-reference metric, the latest value, its
+status and band, the cosine similarity for the distillation losses, the trend over the last
+epochs, the cheat sheet's ratios, the training phase and the diagnoses with config-level
+fixes. Thresholds and fixes live in :mod:`amylm_jax.report_rules`; the live check used by the
+trainer is :func:`amylm_jax.report_rules.check_epoch`.
+
+When a metric has no epoch record yet, the mean of its last step values stands in (and the
+report says so). A metric absent from the log is reported as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from amylm_jax.report_rules import (
+    AUDIO_TIP,
+    CRITICAL,
+    DEFAULT_ALPHAS,
+    GOOD,
+    RULES,
+    SEVERITY,
+    WARNING,
+    Diagnosis,
+    canonical_name,
+    discriminator_balance,
+    loss_g_cause,
+    match_band,
+    metric_diagnosis,
+    trend_diagnosis,
+    trend_of,
+)
+
+__all__ = [
+    "RunLog",
+    "build_report",
+    "detect_phase",
+    "format_report",
+    "load_run",
+    "main",
+    "trend_of",
+    "write_plots",
+]
+
+ADAPTATION, ADVERSARIAL, UNKNOWN = "adaptation", "adversarial fine-tuning", "unknown"
+STEP_WINDOW = 50  # step values averaged when no epoch value exists yet
+TREND_WINDOW = 5  # epochs the trend looks at
+_DISC_METRICS = ("adv_g_epoch", "loss_d_epoch", "feat_epoch")
+_ACC_METRICS = ("d_real_acc_epoch", "d_fake_acc_epoch")
+
+
+@dataclasses.dataclass
+class RunLog:
+    """A run's metrics keyed by canonical name (``llm_epoch`` for both step and epoch series).
+
+    ``epochs[name]`` and ``steps[name]`` are ``(epoch or step, value)`` pairs sorted by x, the
+    latest write winning for a repeated x (a resumed run re-logs some steps).
+    """
+
+    source: str
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    epochs: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
+    steps: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
+    validation: dict[str, float] = dataclasses.field(default_factory=dict)
+    skipped_lines: int = 0
+    epochs_numbered: bool = True  # False when epoch records carry no "epoch" (pasted lines)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[dict[str, Any]], int]:
+    lines = text.splitlines()
+    records, skipped = [], 0
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == len(lines):  # a partly written last line of a live run
+                skipped += 1
+                continue
+            raise ValueError(f"{path}:{i}: not a JSON line ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records, skipped
+
+
+def _read_text(path: Path, text: str) -> list[dict[str, Any]]:
+    record: dict[str, Any] = {}
+    for i, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#") or line.startswith("```"):
+            continue
+        sep = ":" if ":" in line else "="
+        name, _, raw = line.rpartition(sep)
+        try:
+            record[name.strip()] = float(raw)
+        except ValueError:
+            raise ValueError(f"{path}:{i}: expected 'train/name:value', got {line!r}") from None
+    if not record:
+        raise ValueError(f"{path}: no metric lines found")
+    return [record]
+
+
+def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
+    """Sort records into epoch, step and validation series; unrelated keys are ignored."""
+    log = RunLog(source=source)
+    epochs: dict[str, dict[int, float]] = {}
+    steps: dict[str, dict[int, float]] = {}
+    n_epoch_records = 0
+    for index, record in enumerate(records):
+        if isinstance(record.get("config"), Mapping):
+            log.config = dict(record["config"])
+        step = _number(record.get("step"))
+        x_step = int(step) if step is not None else index
+        has_epoch_key = False
+        for key, raw in record.items():
+            value = _number(raw)
+            if value is None or not isinstance(key, str):
+                continue
+            if key.startswith("val/"):
+                log.validation[key.removeprefix("val/")] = value
+            elif key.startswith("train/") and key.endswith("_epoch"):
+                has_epoch_key = True
+                epoch = _number(record.get("epoch"))
+                log.epochs_numbered &= epoch is not None
+                x_epoch = int(epoch) if epoch is not None else n_epoch_records
+                epochs.setdefault(canonical_name(key), {})[x_epoch] = value
+            elif key.startswith("train/") and key.endswith("_step"):
+                steps.setdefault(canonical_name(key), {})[x_step] = value
+        n_epoch_records += has_epoch_key
+    log.epochs = {k: sorted(v.items()) for k, v in epochs.items()}
+    log.steps = {k: sorted(v.items()) for k, v in steps.items()}
+    return log
+
+
+def load_run(path: str | Path) -> RunLog:
+    """Read a workdir, a ``metrics.jsonl`` or a ``train/name:value`` text file.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it cannot be read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "metrics.jsonl"
+        if not candidate.is_file():
+            raise FileNotFoundError(f"{path} is a directory without metrics.jsonl")
+        path = candidate
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read metrics file {path}: {err}") from None
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if first.startswith("{"):
+        records, skipped = _read_jsonl(path, text)
+    else:
+        records, skipped = _read_text(path, text), 0
+    log = records_to_log(records, source=str(path))
+    log.skipped_lines = skipped
+    return log
+
+
+def _config_value(config: Mapping[str, Any], dotted: str) -> Any:
+    """``config["loss"]["alpha_msspec"]`` or a flat ``config["loss.alpha_msspec"]``."""
+    if dotted in config:
+        return config[dotted]
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _alphas(config: Mapping[str, Any]) -> dict[str, float]:
+    out = dict(DEFAULT_ALPHAS)
+    for name in out:
+        value = _number(_config_value(config, f"loss.alpha_{name}"))
+        if value is not None:
+            out[name] = value
+    if _config_value(config, "loss.adversarial_only") is True:
+        out["msspec"] = 0.0
+    return out
+
+
+def detect_phase(log: RunLog) -> tuple[str, str]:
+    """Training phase and the evidence for it: the config when logged, else the msspec values."""
+    adv_only = _config_value(log.config, "loss.adversarial_only")
+    alpha = _number(_config_value(log.config, "loss.alpha_msspec"))
+    if adv_only is not None or alpha is not None:
+        if adv_only is True:
+            return ADVERSARIAL, "config loss.adversarial_only=True"
+        if alpha == 0.0:
+            return ADVERSARIAL, "config loss.alpha_msspec=0"
+        shown = f"{alpha:g}" if alpha is not None else f"{DEFAULT_ALPHAS['msspec']:g} (default)"
+        return ADAPTATION, f"config loss.adversarial_only=False, loss.alpha_msspec={shown}"
+    if log.epochs.get("msspec_epoch"):
+        value = log.epochs["msspec_epoch"][-1][1]
+        if value == 0.0:
+            return ADVERSARIAL, "msspec is 0 throughout the latest epoch"
+        return ADAPTATION, f"msspec in use (latest epoch value {value:.4g})"
+    recent = [v for _, v in log.steps.get("msspec_epoch", [])[-STEP_WINDOW:]]
+    if recent:
+        if all(v == 0.0 for v in recent):
+            return ADVERSARIAL, "msspec is 0 in the latest step values"
+        return ADAPTATION, "msspec in use (step values)"
+    return UNKNOWN, "no config and no msspec values logged"
+
+
+def _latest(log: RunLog, name: str) -> tuple[float | None, str, str]:
+    """(value, source, note) with source ``epoch``, ``step_mean`` or ``missing``."""
+    if log.epochs.get(name):
+        epoch, value = log.epochs[name][-1]
+        return value, "epoch", f"epoch {epoch}" if log.epochs_numbered else "epoch value"
+    if log.steps.get(name):
+        recent = [v for _, v in log.steps[name][-STEP_WINDOW:]]
+        note = f"mean of the last {len(recent)} step values (no epoch record yet)"
+        return sum(recent) / len(recent), "step_mean", note
+    return None, "missing", "not logged"
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den == 0.0:
+        return None
+    return num / den
+
+
+def build_report(log: RunLog) -> dict[str, Any]:
+    """The report as a JSON-ready dict (metric names without the ``train/`` prefix)."""
+    phase, phase_reason = detect_phase(log)
+    alphas = _alphas(log.config)
+    disc_off = bool(log.config) and alphas["adv"] == 0.0 and alphas["feat"] == 0.0
+    metrics: dict[str, dict[str, Any]] = {}
+    trend: dict[str, str] = {}
+    diagnosis: list[Diagnosis] = []
+    for name, rule in RULES.items():
+        value, source, note = _latest(log, name)
+        history = [v for _, v in log.epochs.get(name, [])][-TREND_WINDOW:]
+        trend[name] = trend_of(history, rule.target, TREND_WINDOW)
+        entry: dict[str, Any] = {"value": value, "source": source, "note": note}
+        if value is None:
+            entry["status"] = "missing"
+        elif disc_off and name in _DISC_METRICS:
+            entry["status"], entry["note"] = "disabled", note + "; discriminator not trained"
+        else:
+            band = match_band(name, value)
+            entry["status"] = band.status if band else CRITICAL
+            entry["band"] = band.label if band else "not finite"
+            if band and band.note:
+                entry["note"] = f"{note}; {band.note}"
+            if name == "msspec_epoch" and phase == ADVERSARIAL and value == 0.0:
+                entry["note"] = f"{note}; reconstruction disabled (adversarial_only)"
+            diag = metric_diagnosis(name, value, entry["status"], phase)
+            if diag is not None:
+                diagnosis.append(diag)
+        if rule.similarity and value is not None:
+            entry["similarity"] = 1.0 - value
+        entry["history"] = history
+        metrics[name] = entry
+        extra = trend_diagnosis(name, trend[name])
+        if extra is not None:
+            diagnosis.append(extra)
+    for i, diag in enumerate(diagnosis):
+        if diag.metric == "loss_g_epoch":
+            values = {n.removesuffix("_epoch"): e["value"] for n, e in metrics.items()}
+            diagnosis[i] = dataclasses.replace(diag, cause=loss_g_cause(values, alphas))
+    for name in _ACC_METRICS:
+        value, _, _ = _latest(log, name)
+        diag = discriminator_balance(name, value) if value is not None else None
+        if diag is not None:
+            diagnosis.append(diag)
+    if phase == ADVERSARIAL:
+        diagnosis.append(AUDIO_TIP)
+    diagnosis.sort(key=lambda d: -SEVERITY.get(d.severity, -1))
+    value_of = {name: entry["value"] for name, entry in metrics.items()}
+    adv_ratio = _ratio(value_of["adv_g_epoch"], value_of["loss_g_epoch"])
+    ratios = {
+        "adv_g/loss_g": {
+            "value": adv_ratio,
+            "expected": "0.3 - 0.5",
+            "in_range": None if adv_ratio is None else 0.3 <= adv_ratio <= 0.5,
+        },
+        "wavlm/llm": {
+            "value": _ratio(value_of["wavlm_epoch"], value_of["llm_epoch"]),
+            "expected": "~1.0 (should approach 1)",
+        },
+    }
+    return {
+        "source": log.source,
+        "metrics": metrics,
+        "ratios": ratios,
+        "phase": phase,
+        "phase_reason": phase_reason,
+        "trend": trend,
+        "diagnosis": [d.to_dict() for d in diagnosis],
+        "validation": dict(log.validation),
+        "skipped_lines": log.skipped_lines,
+    }
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """Human-readable table of a :func:`build_report` result."""
+    lines = [f"Loss health report: {report['source']}"]
+    lines.append(f"Phase: {report['phase']} ({report['phase_reason']})")
+    if report.get("skipped_lines"):
+        lines.append(f"(skipped {report['skipped_lines']} partly written line)")
+    lines.append("")
+    header = f"{'metric':<14}{'value':>10}  {'status':<9}{'band':<12}{'similarity':>10}  "
+    lines.append(header + f"{'trend':<11}source")
+    for name, entry in report["metrics"].items():
+        sim = _fmt(entry.get("similarity"), ".3f") if "similarity" in entry else ""
+        lines.append(
+            f"{name:<14}{_fmt(entry['value']):>10}  {entry['status']:<9}"
+            f"{entry.get('band', ''):<12}{sim:>10}  {report['trend'][name]:<11}{entry['note']}"
+        )
+    lines += ["", "Ratios"]
+    for name, ratio in report["ratios"].items():
+        verdict = ""
+        if ratio.get("in_range") is not None:
+            verdict = ": in range" if ratio["in_range"] else ": out of range"
+        expected = f"expected {ratio['expected']}{verdict}"
+        lines.append(f"  {name:<13} = {_fmt(ratio['value'])}  ({expected})")
+    lines += ["", "Diagnosis"]
+    if not report["diagnosis"]:
+        lines.append("  all quick-reference metrics in their good range")
+    for diag in report["diagnosis"]:
+        lines.append(f"  [{diag['severity']}] {diag['issue']}")
+        lines.append(f"      cause: {diag['cause']}")
+        lines += [f"      fix:   {fix}" for fix in diag["fixes"]]
+    return "\n".join(lines)
+
+
+_BAND_COLOURS = {GOOD: "#2ca02c", WARNING: "#ff7f0e", CRITICAL: "#d62728"}
+
+
+def write_plots(log: RunLog, out_dir: str | Path) -> list[Path]:
+    """One PNG per quick-reference metric (steps left, epochs right), status bands shaded."""
+    from matplotlib.figure import Figure  # optional dependency, only needed for plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rule in RULES.items():
+        series = {"step": log.steps.get(name, []), "epoch": log.epochs.get(name, [])}
+        if not any(series.values()):
+            continue
+        values = [v for pts in series.values() for _, v in pts if math.isfinite(v)]
+        edges = [e for b in rule.bands for e in (b.lo, b.hi) if math.isfinite(e)]
+        lo, hi = min(values + edges), max(values + edges)
+        pad = 0.1 * (hi - lo) or 0.1
+        lo, hi = lo - pad, hi + pad
+        fig = Figure(figsize=(10, 3.5))
+        for i, (axis, pts) in enumerate(series.items()):
+            ax = fig.add_subplot(1, 2, i + 1)
+            for band in rule.bands:
+                colour = _BAND_COLOURS[band.status]
+                ax.axhspan(max(band.lo, lo), min(band.hi, hi), color=colour, alpha=0.15, lw=0)
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o" if axis == "epoch" else None)
+            else:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            ax.set_ylim(lo, hi)
+            ax.set_xlabel(axis)
+            ax.set_title(f"train/{name.removesuffix('_epoch')}_{axis}")
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, format="png")
+        written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: print the report (table or ``--json``), optionally write plots."""
+    parser = argparse.ArgumentParser(prog="python -m amylm_jax.report", description=__doc__)
+    parser.add_argument("path", help="workdir, metrics.jsonl, or a train/name:value text file")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--plots", metavar="DIR", help="write one PNG per metric to DIR")
+    args = parser.parse_args(argv)
+    try:
+        log = load_run(args.path)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = build_report(log)
+    if args.plots:
+        try:
+            report["plots"] = [str(p) for p in write_plots(log, args.plots)]
+        except ImportError:
+            print("error: --plots needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
