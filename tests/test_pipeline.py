@@ -1,4 +1,4 @@
-"""Grain pipeline: shapes, aligned crops, masks, exact resume, process shards, eval padding."""
+"""Grain pipeline: shapes, aligned crops, masks, exact resume, process-count invariance, eval."""
 
 import dataclasses
 
@@ -48,6 +48,15 @@ def _take(it, n):
 
 def _equal(a, b):
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _concat(batches):
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def _clips(batch):
+    """Clip index of each example, read from its first wavlm row (i * 100 + frame)."""
+    return [int(row) // 100 for row in batch["wavlm"][:, 0, 0]]
 
 
 def _locate(store, batch, j):
@@ -140,14 +149,27 @@ def test_exact_resume_within_and_across_epochs(store_path):
         it = P.make_train_iterator(cfg)
         _take(it, k)
         state = it.get_state()
+        assert state == {"step": k}
         fresh = P.make_train_iterator(cfg)
         fresh.set_state(state)
         assert _equal(next(fresh), reference[k])
         assert _equal(next(fresh), reference[k + 1])
+        # the state is absolute: restoring it into an iterator opened at start_step=k (what a
+        # trainer does with its restored step) does not skip ahead a second time
+        again = P.make_train_iterator(cfg, start_step=k)
+        again.set_state(state)
+        assert _equal(next(again), reference[k])
+    # set_state after batches were drawn rewinds (and reopens the grain iterator)
+    it = P.make_train_iterator(cfg)
+    _take(it, 4)
+    it.set_state({"step": 1})
+    assert _equal(next(it), reference[1]) and it.get_state() == {"step": 2}
+    with pytest.raises(ValueError, match="training-iterator state"):
+        it.set_state({"next_index": 3})
 
 
 def test_workers_give_same_batches_and_resume(store_path):
-    reference = _take(P.make_train_iterator(_cfg(store_path)), 4)
+    reference = _take(P.make_train_iterator(_cfg(store_path)), 5)
     cfg = _cfg(store_path, worker_count=2)
     it = P.make_train_iterator(cfg)
     try:
@@ -158,27 +180,85 @@ def test_workers_give_same_batches_and_resume(store_path):
     assert all(_equal(a, b) for a, b in zip(got, reference[:3], strict=True))
     fresh = P.make_train_iterator(cfg)
     try:
-        fresh.set_state(state)
+        fresh.set_state(state)  # step 3 is in epoch 1; step 4 opens epoch 2
         assert _equal(next(fresh), reference[3])
+        assert _equal(next(fresh), reference[4])
     finally:
         fresh.close()
 
 
-def test_two_processes_get_disjoint_shards_covering_split(store_path):
-    cfg = _cfg(store_path, val_fraction=0.0)
-    store = S.open_store(store_path)
-    train, _ = P.split_clips(store, cfg)
-    assert P.steps_per_epoch(cfg, process_count=2) == (12 // 2) // 2
-    seen = []
-    for p in range(2):
-        it = P.make_train_iterator(cfg, process_index=p, process_count=2)
-        batches = _take(it, 3 * P.steps_per_epoch(cfg, process_count=2))  # 3 epochs
-        assert batches[0]["audio"].shape == (2, 24000)
-        seen.append({_locate(store, b, j)[0] for b in batches for j in range(2)})
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(int(i) for i in train)
+@pytest.mark.parametrize("val_fraction", [0.0, 0.2])  # 12 clips / 3 steps; 10 clips / 2 steps
+def test_process_batches_concatenate_to_the_single_process_batch(store_path, val_fraction):
+    cfg = _cfg(store_path, val_fraction=val_fraction)
+    steps = P.steps_per_epoch(cfg)
+    assert steps == P.steps_per_epoch(cfg, process_count=2) == P.steps_per_epoch(cfg, 4)
+    single = _take(P.make_train_iterator(cfg), 6)
+    for count in (2, 4):
+        per_proc = [
+            _take(P.make_train_iterator(cfg, process_index=p, process_count=count), 6)
+            for p in range(count)
+        ]
+        assert per_proc[0][0]["audio"].shape == (4 // count, 24000)
+        for s in range(6):
+            assert _equal(_concat([batches[s] for batches in per_proc]), single[s]), (count, s)
     with pytest.raises(ValueError, match="divisible"):
         P.make_train_iterator(_cfg(store_path, batch_size=5), process_count=2)
+    with pytest.raises(ValueError, match="divisible"):
+        P.steps_per_epoch(_cfg(store_path, batch_size=5), process_count=2)
+
+
+def test_processes_split_each_epoch_disjointly(store_path):
+    """Within an epoch the two processes' clips are disjoint and together are the epoch's."""
+    store = S.open_store(store_path)
+    for val_fraction, epoch_size in ((0.0, 12), (0.2, 8)):  # 10 clips: 2 dropped per epoch
+        cfg = _cfg(store_path, val_fraction=val_fraction)
+        train = {int(i) for i in P.split_clips(store, cfg)[0]}
+        steps = P.steps_per_epoch(cfg, process_count=2)
+        single = _take(P.make_train_iterator(cfg), 3 * steps)
+        per_proc = [
+            _take(P.make_train_iterator(cfg, process_index=p, process_count=2), 3 * steps)
+            for p in range(2)
+        ]
+        orders = []
+        for e in range(3):
+            epoch = range(e * steps, (e + 1) * steps)
+            seen = [[c for s in epoch for c in _clips(per_proc[p][s])] for p in range(2)]
+            assert all(len(set(x)) == len(x) == epoch_size // 2 for x in seen)
+            assert not set(seen[0]) & set(seen[1])
+            expected = [c for s in epoch for c in _clips(single[s])]
+            assert len(set(expected)) == epoch_size and set(expected) <= train
+            assert set(seen[0]) | set(seen[1]) == set(expected)
+            orders.append(expected)
+        assert orders[0] != orders[1] != orders[2]  # reshuffled every epoch
+        if epoch_size == len(train):
+            assert set(orders[0]) == train
+
+
+def test_start_step_rejoins_after_process_count_change(store_path):
+    """Kill a 2-process run after step k, restart with 1 process at step k: same data."""
+    cfg = _cfg(store_path)  # 2 steps per epoch
+    two = [_take(P.make_train_iterator(cfg, process_index=p, process_count=2), 6) for p in (0, 1)]
+    for k in (1, 2, 3, 5):  # 2 and 5: an epoch boundary / the start of the third epoch
+        one = P.make_train_iterator(cfg, start_step=k)
+        assert one.get_state() == {"step": k}
+        got = _take(one, 6 - k)
+        for s in range(k, 6):
+            assert _equal(got[s - k], _concat([two[0][s], two[1][s]])), (k, s)
+    # and back from 1 to 2 processes
+    single = _take(P.make_train_iterator(cfg), 5)
+    halves = [
+        next(P.make_train_iterator(cfg, process_index=p, process_count=2, start_step=4))
+        for p in (0, 1)
+    ]
+    assert _equal(_concat(halves), single[4])
+    # a state saved by a 2-process run is just the global step: it means the same with 1
+    it = P.make_train_iterator(cfg, process_index=1, process_count=2)
+    _take(it, 3)
+    fresh = P.make_train_iterator(cfg)
+    fresh.set_state(it.get_state())
+    assert _equal(next(fresh), single[3])
+    with pytest.raises(ValueError, match="start_step"):
+        P.make_train_iterator(cfg, start_step=-1)
 
 
 def test_eval_pass_padding_and_weights(store_path):

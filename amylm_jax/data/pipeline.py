@@ -5,12 +5,21 @@ The original collator (SPEC §9.3) drew an arbitrary sample start and started th
 multiple of 1920 samples (one 12.5 Hz frame) and audio and features line up exactly;
 `frame_aligned_crops=False` restores the original draw for parity runs.
 
-Determinism without hidden state: training example k of a process is a pure function of
-`(cfg, process_index, k)`: epoch `e = k // examples_per_epoch`, a permutation of the
-process's clips seeded by `(seed, e, process_index)`, and a crop start seeded by
-`(seed, e, clip_index)`. Grain iterates `k` and its iterator state is just the next index, so
+Determinism without hidden state, and the same data for any number of processes: there is
+one global example order, a pure function of `(cfg, j)` for global example index `j`: epoch
+`e = j // per_epoch` with `per_epoch = steps_per_epoch * batch_size` (the remainder of each
+epoch is dropped), a permutation of the training clips seeded by `(seed, shuffle tag, e)` and
+a crop start seeded by `(seed, crop tag, e, clip_index)`. Global step `s` is global examples
+`[s B, (s + 1) B)`; process `p` of `P` takes rows `[p B/P, (p + 1) B/P)` of it, so the P
+per-process batches of a step, concatenated in process order, are exactly the single-process
+batch of that step (multi-host training sees the same data as one host), and within an epoch
+the processes get disjoint clips.
+
+Grain maps global step indices to per-process batches (workers parallelise over batches). The
+training iterator's state is the next global step, `{"step": s}`, the same on every process:
 `get_state()`/`set_state()` (saved by orbax through grain's checkpoint handler) resume at the
-exact next batch, with or without worker processes.
+exact next batch, with or without worker processes, and `start_step=s` rejoins the same data
+position after a restore with a different process count.
 
 Batches (docs/CONTRACTS.md): `audio [B, N]`, `wavlm [B, T, Dw]`, `llm [B, T, Dl]`,
 `mask [B, T]` (1 = frame inside the clip) and `weight [B]` (0 = padding example), all float32,
@@ -20,8 +29,10 @@ with `B = batch_size // process_count` per process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -109,13 +120,16 @@ def _local_batch(cfg: DataConfig, process_count: int) -> int:
 
 
 def _steps(n_train: int, cfg: DataConfig, process_count: int) -> int:
-    local = _local_batch(cfg, process_count)
-    # Every process must take the same number of steps: use the smallest shard.
-    return (n_train // process_count) // local
+    _local_batch(cfg, process_count)  # the global batch must split evenly over the processes
+    return n_train // cfg.batch_size
 
 
 def steps_per_epoch(cfg: DataConfig, process_count: int = 1, store: Store | None = None) -> int:
-    """Training steps per epoch (identical on every process; the remainder is dropped)."""
+    """Training steps per epoch, `n_train // batch_size` for any process count.
+
+    The remainder of each epoch is dropped; `process_count` is only checked to divide the
+    global batch.
+    """
     store = store or _open(cfg.store)
     train, _ = split_clips(store, cfg)
     return _steps(len(train), cfg, process_count)
@@ -172,21 +186,28 @@ def padding_example(cfg: DataConfig, wavlm_dim: int, llm_dim: int) -> dict[str, 
     }
 
 
-class _TrainExample:
-    """Global example index k -> training example (picklable, for grain worker processes)."""
+class _TrainBatch:
+    """Global step -> this process's rows of the global batch (picklable, for grain workers)."""
 
     def __init__(
-        self, store: Store, clips: np.ndarray, cfg: DataConfig, process_index: int, per_epoch: int
+        self,
+        store: Store,
+        clips: np.ndarray,
+        cfg: DataConfig,
+        steps: int,
+        process_index: int,
+        local_batch: int,
     ):
         self.store, self.clips, self.cfg = store, clips, cfg
-        self.process_index, self.per_epoch = process_index, per_epoch
+        self.per_epoch = steps * cfg.batch_size
+        self.process_index, self.local_batch = process_index, local_batch
         self._orders: dict[int, np.ndarray] = {}
 
     def _order(self, epoch: int) -> np.ndarray:
         order = self._orders.get(epoch)
         if order is None:
             if self.cfg.shuffle:
-                key = [self.cfg.seed, _SHUFFLE_TAG, epoch, self.process_index]
+                key = [self.cfg.seed, _SHUFFLE_TAG, epoch]
                 order = np.random.default_rng(key).permutation(len(self.clips))
             else:
                 order = np.arange(len(self.clips))
@@ -195,13 +216,19 @@ class _TrainExample:
             self._orders[epoch] = order
         return order
 
-    def __call__(self, k: int, _: Any) -> dict[str, np.ndarray]:
-        epoch, pos = divmod(int(k), self.per_epoch)
+    def example(self, j: int) -> dict[str, np.ndarray]:
+        """Global training example `j` (the same whatever the process count)."""
+        epoch, pos = divmod(int(j), self.per_epoch)
         clip = int(self.clips[self._order(epoch)[pos]])
         record = self.store[clip]
         rng = np.random.default_rng([self.cfg.seed, _CROP_TAG, epoch, clip])
         start = crop_start(record["audio"].size, self.cfg, rng, training=True)
         return crop_example(record, start, self.cfg)
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        first = int(step) * self.cfg.batch_size + self.process_index * self.local_batch
+        examples = [self.example(j) for j in range(first, first + self.local_batch)]
+        return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
 
 
 class _EvalExample:
@@ -240,17 +267,25 @@ def _finish(ds: Any, cfg: DataConfig) -> Any:
 
 
 def make_train_dataset(
-    cfg: DataConfig, *, process_index: int = 0, process_count: int = 1, store: Store | None = None
+    cfg: DataConfig,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    store: Store | None = None,
+    start_step: int = 0,
 ) -> Any:
     """The infinite per-process training `grain.IterDataset` of batches (see module docstring).
 
-    Process p trains on clips `train[p::process_count]` (disjoint, covering the split).
+    Element i is this process's rows of global step `start_step + i`; grain's own iterator
+    state counts from `start_step`. `make_train_iterator` wraps it with an absolute step state.
     """
     import grain
 
     store = store or _open(cfg.store)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
     local_batch = _local_batch(cfg, process_count)
     train, _ = split_clips(store, cfg)
     steps = _steps(len(train), cfg, process_count)
@@ -259,20 +294,85 @@ def make_train_dataset(
             f"store {store.path} has {len(train)} training clips: too few for a global batch of "
             f"{cfg.batch_size} over {process_count} process(es); lower batch_size"
         )
-    clips = train[process_index::process_count]
-    fn = _TrainExample(store, clips, cfg, process_index, per_epoch=steps * local_batch)
-    ds = grain.MapDataset.range(fn.per_epoch).repeat(None).map_with_index(fn)
-    return _finish(ds.batch(local_batch, drop_remainder=True), cfg)
+    fn = _TrainBatch(store, train, cfg, steps, process_index, local_batch)
+    ds = grain.MapDataset.range(start_step, sys.maxsize).map(fn)
+    return _finish(ds, cfg)
 
 
 def make_train_iterator(
-    cfg: DataConfig, *, process_index: int = 0, process_count: int = 1, store: Store | None = None
+    cfg: DataConfig,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    store: Store | None = None,
+    start_step: int = 0,
 ) -> Any:
-    """Endless iterator of per-process training batches with `get_state()`/`set_state()`."""
-    ds = make_train_dataset(
-        cfg, process_index=process_index, process_count=process_count, store=store
-    )
-    return iter(ds)
+    """Endless iterator of per-process training batches from global step `start_step`.
+
+    A `grain.DatasetIterator` (so grain's orbax checkpoint handler saves it) whose
+    `get_state()` is `{"step": next global step}`, identical on every process and independent
+    of `start_step` and `worker_count`: `set_state()` on any iterator of the same config resumes
+    exactly, and after a restore with a different process count `start_step=restored_step`
+    continues the same global data order.
+    """
+    store = store or _open(cfg.store)
+    kw = {"process_index": process_index, "process_count": process_count, "store": store}
+    make_train_dataset(cfg, start_step=start_step, **kw)  # a bad config fails here, not later
+    open_at = functools.partial(_open_train_at, cfg, **kw)
+    return _train_iterator_type()(open_at, start_step)
+
+
+def _open_train_at(cfg: DataConfig, step: int, **kw: Any) -> Any:
+    return iter(make_train_dataset(cfg, start_step=step, **kw))
+
+
+@functools.cache
+def _train_iterator_type() -> type:
+    """The training iterator class (defined lazily: importing grain is slow)."""
+    import grain
+
+    class TrainIterator(grain.DatasetIterator):
+        """Next global step + a grain iterator opened there on first use."""
+
+        def __init__(self, open_at: Callable[[int], Any], step: int):
+            super().__init__()
+            self._open_at, self._step, self._it = open_at, int(step), None
+
+        def __next__(self) -> dict[str, np.ndarray]:
+            self._assert_not_closed()
+            if self._it is None:
+                self._it = self._open_at(self._step)
+            batch = next(self._it)
+            self._step += 1
+            return batch
+
+        def get_state(self) -> dict[str, Any]:
+            return {"step": self._step}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError(f"not a training-iterator state (want {{'step': int}}): {state}")
+            step = int(state["step"])
+            if step < 0:
+                raise ValueError(f"training-iterator step must be >= 0, got {step}")
+            if step != self._step and self._it is not None:
+                self._it.close()  # stops its worker processes; reopened lazily at `step`
+                self._it = None
+            self._step = step
+
+        def start_prefetch(self) -> None:
+            self._assert_not_closed()
+            if self._it is None:
+                self._it = self._open_at(self._step)
+            self._it.start_prefetch()
+
+        def close(self) -> None:
+            if self._it is not None:
+                self._it.close()
+                self._it = None
+            super().close()
+
+    return TrainIterator
 
 
 def eval_steps(cfg: DataConfig, process_count: int = 1, store: Store | None = None) -> int:
