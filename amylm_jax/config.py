@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Any, TypeVar
 
+from amylm_jax.data.pipeline import DataConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class SEANetConfig:
@@ -119,6 +121,104 @@ class CodecConfig:
         return int(stride)
 
 
+HEAD_KINDS = ("linear", "mlp", "mlp_v2", "conv")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Generator loss weights and the distillation knobs (SPEC §6.5, §10).
+
+    Defaults are REF: ``loss_g = 1 adv + 4 feat + 1 wavlm + 1 llm + 15 msspec``.
+    ``adversarial_only`` switches off only msspec (logged as 0). With ``alpha_adv`` and
+    ``alpha_feat`` both 0 the discriminator is not run or stepped at all (``loss_d`` logs 0).
+    """
+
+    alpha_adv: float = 1.0
+    alpha_feat: float = 4.0
+    alpha_msspec: float = 15.0
+    alpha_wavlm: float = 1.0
+    alpha_llm: float = 1.0
+    adversarial_only: bool = False
+    # LLM latent: "codebook0" = rvq_first.decode(code 0) with post-update centroids (REF, D2);
+    # "ste" = rvq_first output restricted to codebook 0 with the straight-through estimator.
+    llm_latent: str = "codebook0"
+    # Isolation A (§10.3): LLM loss trains only llm_proj.
+    llm_detach_latent: bool = False
+    # §10.2: WavLM branch sees x_sp - sem + stop_gradient(sem) (sem = codebook-0 STE latent).
+    wavlm_semantic_detach: bool = False
+    # §10.2: parameter-free LayerNorm on the latent before each projection and on each target.
+    layernorm: bool = False
+    # §10.3: centre the WavLM target (and optionally the prediction) per clip over time.
+    center_wavlm_target: bool = False
+    center_wavlm_pred: bool = False
+    # D19: REF averages over zero-padded frames too; True masks them out.
+    mask_padded_frames: bool = False
+
+    def __post_init__(self):
+        if self.llm_latent not in ("codebook0", "ste"):
+            raise ValueError(
+                f"loss.llm_latent must be 'codebook0' or 'ste', got {self.llm_latent!r}"
+            )
+
+    @property
+    def gan(self) -> bool:
+        """Whether the discriminator takes part (either adversarial weight non-zero)."""
+        return self.alpha_adv != 0.0 or self.alpha_feat != 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsConfig:
+    """Distillation projections (SPEC §6.4, §10): "linear" (REF), "mlp", "mlp_v2", "conv"."""
+
+    wavlm: str = "linear"
+    llm: str = "linear"
+
+    def __post_init__(self):
+        for name in ("wavlm", "llm"):
+            if getattr(self, name) not in HEAD_KINDS:
+                raise ValueError(f"heads.{name} must be one of {HEAD_KINDS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscConfig:
+    """Multi-scale STFT discriminator (SPEC §5)."""
+
+    filters: int = 32
+    n_ffts: tuple[int, ...] = (1024, 2048, 512, 256, 128)
+    hop_lengths: tuple[int, ...] = (256, 512, 128, 64, 32)
+    win_lengths: tuple[int, ...] = (1024, 2048, 512, 256, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimisers (SPEC §7.1, §10): Adam(3e-4, 0.5, 0.9) for G (clip 1.0) and D (no clip).
+
+    ``lr_rvq`` / ``lr_heads`` (None = ``lr_g``) give the quantizer projections and the
+    distillation heads their own learning rate; ``rvq_warmup_steps`` warms ``lr_rvq`` up
+    linearly, ``(step + 1) / warmup``. ``heads_b1``/``heads_b2`` (None = G's betas) give the
+    heads the "regression" betas of §10.2. ``clip_d = 0`` means no clipping (REF).
+    """
+
+    optimizer: str = "adam"
+    lr_g: float = 3e-4
+    lr_d: float = 3e-4
+    b1: float = 0.5
+    b2: float = 0.9
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_g: float = 1.0
+    clip_d: float = 0.0
+    lr_rvq: float | None = None
+    rvq_warmup_steps: int = 0
+    lr_heads: float | None = None
+    heads_b1: float | None = None
+    heads_b2: float | None = None
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optim.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+
+
 def tiny_codec_config(**overrides: Any) -> CodecConfig:
     """A small codec with the real frame arithmetic (24 kHz, 12.5 Hz) for tests and demos."""
     cfg = CodecConfig(
@@ -132,6 +232,13 @@ def tiny_codec_config(**overrides: Any) -> CodecConfig:
 
 
 T = TypeVar("T")
+
+
+def _tuplify(value: Any) -> Any:
+    """Lists (from ConfigDicts / JSON) to tuples, recursively, so configs stay hashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuplify(v) for v in value)
+    return value
 
 
 def from_dict(cls: type[T], data: Any) -> T:
@@ -151,7 +258,76 @@ def from_dict(cls: type[T], data: Any) -> T:
         default = fields[name].default
         if dataclasses.is_dataclass(default) and not dataclasses.is_dataclass(value):
             value = from_dict(type(default), value)
-        elif isinstance(value, list):
-            value = tuple(value)
+        elif isinstance(value, (list, tuple)):
+            value = _tuplify(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+    """Where the generator starts.
+
+    ``mimi_weights``: a Kyutai/Amy PyTorch weights file, or None for random init.
+    ``checkpoint``: a phase-1 workdir to start from (its latest checkpoint); then
+    ``carry_optimizer`` keeps its optimizer states (else fresh ones) — the step counter always
+    restarts at 0 in the new workdir.
+    """
+
+    mimi_weights: str | None = None
+    checkpoint: str | None = None
+    checkpoint_step: int | None = None
+    carry_optimizer: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """orbax checkpoints: every ``every_steps`` (and at the end), keep the last ``keep_last``
+    plus the ``best_k`` best by ``monitor`` (an epoch metric, ``mode`` "min" or "max")."""
+
+    every_steps: int = 1000
+    keep_last: int = 2
+    best_k: int = 3
+    monitor: str = "train/msspec_epoch"
+    mode: str = "min"
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs (the library view of ``configs/*.py``)."""
+
+    codec: CodecConfig = CodecConfig()
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    heads: HeadsConfig = HeadsConfig()
+    disc: DiscConfig = DiscConfig()
+    optim: OptimConfig = OptimConfig()
+    init: InitConfig = InitConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    # Top-level codec submodules that get no gradient update (SPEC §2.9).
+    frozen: tuple[str, ...] = ("encoder", "encoder_transformer")
+    # §10.3 "semantic_prosody_only": rvq_rest codebooks in eval mode (no EMA / expiry).
+    train_rest_codebooks: bool = True
+    seed: int = 42
+    # Budget: max_steps > 0 stops after that many steps; else num_epochs epochs.
+    max_steps: int = 0
+    num_epochs: int = 100
+    steps_per_epoch: int = 0  # 0 = from the data (training clips // global batch)
+    eval_every_steps: int = 0  # 0 = at the end of every epoch
+    eval_max_batches: int = 0  # 0 = the whole validation split
+    num_eval_audio: int = 3
+    log_every_steps: int = 1
+    precision: str = "fp32"  # "fp32" or "bf16" (compute dtype of convs/matmuls)
+    remat: bool = False
+    shared_disc_forward: bool = True
+    transpose_method: str = "dilated"
+    mesh: tuple[tuple[str, int], ...] = (("data", -1),)
+    tensorboard: bool = True
+    wandb_project: str | None = None
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.transpose_method not in ("dilated", "polyphase"):
+            raise ValueError("transpose_method must be 'dilated' or 'polyphase'")

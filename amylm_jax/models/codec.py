@@ -42,6 +42,7 @@ class CodecOutput:
 
     audio: jax.Array
     quantized: SplitRVQOutput
+    latent: jax.Array  # unquantised emb [B, T, C] (input of both RVQs)
 
     @property
     def codes(self) -> jax.Array:
@@ -113,6 +114,10 @@ class AmyCodec(nn.Module):
         """LLM-distillation latent ``rvq_first.decode(codes[:, :1])`` ``[B, T, C]`` (SPEC §3.9)."""
         return self.quantizer.decode_semantic(codes_BxKxT)
 
+    def semantic_ste(self, emb_BxTxC: jax.Array, codes_BxKxT: jax.Array) -> jax.Array:
+        """Codebook-0 straight-through latent (see ``SplitResidualVQ.semantic_ste``)."""
+        return self.quantizer.semantic_ste(emb_BxTxC, codes_BxKxT)
+
     # ----------------------------------------------------------------------------- training path
     def __call__(
         self,
@@ -133,7 +138,7 @@ class AmyCodec(nn.Module):
         emb = self.downsample(frames25)
         quantized = self.quantizer(emb, train=train, train_rest=train_rest)
         audio = self.decode_latent(quantized.x)
-        return CodecOutput(audio=audio[:, :n], quantized=quantized)
+        return CodecOutput(audio=audio[:, :n], quantized=quantized, latent=emb)
 
 
 def init_codec(config: CodecConfig, key: jax.Array, num_samples: int | None = None) -> dict:

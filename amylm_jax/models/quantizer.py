@@ -311,3 +311,15 @@ class SplitResidualVQ(nn.Module):
         codebook-0 centroids, as the original trainer does.
         """
         return self.rvq_first.decode(codes[:, :1])
+
+    def semantic_ste(self, emb: jax.Array, codes: jax.Array) -> jax.Array:
+        """Codebook-0-only ``rvq_first`` output with the straight-through estimator.
+
+        ``output_proj(z + stop_gradient(E_0[code_0] - z))`` with ``z = input_proj(emb)``: the
+        "STE" semantic latent of the later experiments (SPEC §10.2-10.3). Its gradient reaches
+        both projections and ``emb``. Call it with the pre-update codebooks.
+        """
+        rvq = self.rvq_first
+        z = rvq.input_proj(emb)
+        q0 = jnp.take(rvq.layers[0].embedding(), codes[:, 0], axis=0)
+        return rvq.output_proj(z + jax.lax.stop_gradient(q0 - z))

@@ -1,0 +1,180 @@
+"""Train state pytree, the models of one run, and optimizer construction.
+
+The state holds everything that changes during training: generator parameters (codec +
+distillation heads), the codebook EMA collection, discriminator parameters, both optimizer
+states, the step and the base RNG key. Frozen parts (SPEC §2.9: the SEANet encoder and the
+encoder transformer) stay in ``gen_params`` but are labelled ``frozen`` in an
+``optax.multi_transform`` (``set_to_zero``, no optimizer state) and are stop-gradiented in the
+step, so XLA never computes their backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from amylm_jax.config import TrainConfig
+from amylm_jax.models.codec import AmyCodec, init_codec
+from amylm_jax.models.discriminator import MultiScaleSTFTDiscriminator
+from amylm_jax.models.heads import DistillHead
+
+PyTree = Any
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes (a pytree; donated to the step)."""
+
+    step: jax.Array
+    gen_params: PyTree  # {"codec": ..., "wavlm_head": ..., "llm_head": ...}
+    codebooks: PyTree
+    disc_params: PyTree
+    opt_g: PyTree
+    opt_d: PyTree
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """The (stateless) Flax modules and optax transformations of one run."""
+
+    cfg: TrainConfig
+    codec: AmyCodec
+    disc: MultiScaleSTFTDiscriminator
+    wavlm_head: DistillHead
+    llm_head: DistillHead
+    tx_g: optax.GradientTransformation
+    tx_d: optax.GradientTransformation
+    wavlm_dim: int
+    llm_dim: int
+
+    @property
+    def compute_dtype(self):
+        return jnp.bfloat16 if self.cfg.precision == "bf16" else jnp.float32
+
+
+def generator_labels(gen_params: PyTree, cfg: TrainConfig) -> PyTree:
+    """Optimizer group of every generator leaf: frozen / rvq / heads / main."""
+
+    def label(path, _):
+        top = path[0].key
+        if top in ("wavlm_head", "llm_head"):
+            return "heads"
+        sub = path[1].key
+        if sub in cfg.frozen:
+            return "frozen"
+        if sub == "quantizer":
+            return "rvq"
+        return "main"
+
+    return jax.tree_util.tree_map_with_path(label, gen_params)
+
+
+def _adam(cfg: TrainConfig, lr, b1: float, b2: float) -> optax.GradientTransformation:
+    o = cfg.optim
+    if o.optimizer == "adamw":
+        return optax.adamw(lr, b1=b1, b2=b2, eps=o.eps, weight_decay=o.weight_decay)
+    return optax.adam(lr, b1=b1, b2=b2, eps=o.eps)
+
+
+def rvq_learning_rate(cfg: TrainConfig) -> optax.Schedule:
+    """Quantizer-projection learning rate with the optional linear warm-up of SPEC §10.3."""
+    base = cfg.optim.lr_rvq if cfg.optim.lr_rvq is not None else cfg.optim.lr_g
+    warmup = cfg.optim.rvq_warmup_steps
+    if warmup <= 0:
+        return optax.constant_schedule(base)
+    return lambda count: base * jnp.minimum((count + 1) / warmup, 1.0)
+
+
+def make_optimizers(cfg: TrainConfig) -> tuple[optax.GradientTransformation, ...]:
+    """(tx_g, tx_d): G = clip(global norm) then per-group Adam; D = Adam (clip optional)."""
+    o = cfg.optim
+    lr_heads = o.lr_heads if o.lr_heads is not None else o.lr_g
+    heads_b1 = o.heads_b1 if o.heads_b1 is not None else o.b1
+    heads_b2 = o.heads_b2 if o.heads_b2 is not None else o.b2
+    groups = {
+        "frozen": optax.set_to_zero(),
+        "main": _adam(cfg, o.lr_g, o.b1, o.b2),
+        "rvq": _adam(cfg, rvq_learning_rate(cfg), o.b1, o.b2),
+        "heads": _adam(cfg, lr_heads, heads_b1, heads_b2),
+    }
+    tx_g = optax.multi_transform(groups, lambda p: generator_labels(p, cfg))
+    if o.clip_g > 0:
+        tx_g = optax.chain(optax.clip_by_global_norm(o.clip_g), tx_g)
+    tx_d = optax.adam(o.lr_d, b1=o.b1, b2=o.b2, eps=o.eps)
+    if o.optimizer == "adamw":
+        tx_d = optax.adamw(o.lr_d, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    if o.clip_d > 0:
+        tx_d = optax.chain(optax.clip_by_global_norm(o.clip_d), tx_d)
+    return tx_g, tx_d
+
+
+def build_models(cfg: TrainConfig, wavlm_dim: int, llm_dim: int) -> Models:
+    """Modules and optimizers for ``cfg``; teacher dims come from the feature store."""
+    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
+    d = cfg.disc
+    tx_g, tx_d = make_optimizers(cfg)
+    return Models(
+        cfg=cfg,
+        codec=AmyCodec(cfg.codec, dtype=dtype, transpose_method=cfg.transpose_method),
+        disc=MultiScaleSTFTDiscriminator(
+            filters=d.filters,
+            n_ffts=d.n_ffts,
+            hop_lengths=d.hop_lengths,
+            win_lengths=d.win_lengths,
+            dtype=dtype,
+        ),
+        wavlm_head=DistillHead(wavlm_dim, kind=cfg.heads.wavlm),
+        llm_head=DistillHead(llm_dim, kind=cfg.heads.llm),
+        tx_g=tx_g,
+        tx_d=tx_d,
+        wavlm_dim=wavlm_dim,
+        llm_dim=llm_dim,
+    )
+
+
+def init_params(models: Models, key: jax.Array) -> tuple[PyTree, PyTree, PyTree]:
+    """Random ``(gen_params, codebooks, disc_params)`` (codec weights may be replaced later)."""
+    cfg = models.cfg
+    k_codec, k_w, k_l, k_d = jax.random.split(key, 4)
+    codec_vars = init_codec(cfg.codec, k_codec)
+    latent = jnp.zeros((1, 2, cfg.codec.quantizer.output_dimension), jnp.float32)
+    heads = jax.jit(
+        lambda kw, kl: (
+            models.wavlm_head.init(kw, latent)["params"],
+            models.llm_head.init(kl, latent)["params"],
+        )
+    )(k_w, k_l)
+    n = max(cfg.disc.n_ffts) * 2
+    disc = jax.jit(lambda k: models.disc.init(k, jnp.zeros((1, n), jnp.float32))["params"])(k_d)
+    gen_params = {"codec": codec_vars["params"], "wavlm_head": heads[0], "llm_head": heads[1]}
+    return gen_params, codec_vars["codebooks"], disc
+
+
+def create_state(
+    models: Models,
+    gen_params: PyTree,
+    codebooks: PyTree,
+    disc_params: PyTree,
+    key: jax.Array,
+    step: int = 0,
+) -> TrainState:
+    """A TrainState with fresh optimizer states."""
+    return TrainState(
+        step=jnp.asarray(step, jnp.int32),
+        gen_params=gen_params,
+        codebooks=codebooks,
+        disc_params=disc_params,
+        opt_g=models.tx_g.init(gen_params),
+        opt_d=models.tx_d.init(disc_params),
+        rng=key,
+    )
+
+
+def count_params(tree: PyTree) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
