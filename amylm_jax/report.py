@@ -297,7 +297,7 @@ def build_report(log: RunLog) -> dict[str, Any]:
         },
         "wavlm/llm": {
             "value": _ratio(value_of["wavlm_epoch"], value_of["llm_epoch"]),
-            "expected": "~1.0 (should approach 1)",
+            "expected": "~1.0",
         },
     }
     return {
@@ -355,6 +355,7 @@ _BAND_COLOURS = {GOOD: "#2ca02c", WARNING: "#ff7f0e", CRITICAL: "#d62728"}
 def write_plots(log: RunLog, out_dir: str | Path) -> list[Path]:
     """One PNG per quick-reference metric (steps left, epochs right), status bands shaded."""
     from matplotlib.figure import Figure  # optional dependency, only needed for plots
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,6 +381,7 @@ def write_plots(log: RunLog, out_dir: str | Path) -> list[Path]:
             else:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
             ax.set_ylim(lo, hi)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel(axis)
             ax.set_title(f"train/{name.removesuffix('_epoch')}_{axis}")
         fig.tight_layout()

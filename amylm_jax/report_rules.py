@@ -49,10 +49,14 @@ class Band:
     def label(self) -> str:
         """The band as the cheat sheet writes it (``< 0.1``, ``0.1 - 0.3``, ``> 0.3``)."""
         if self.lo == -INF:
-            return f"< {self.hi:g}"
+            return f"< {_num(self.hi)}"
         if self.hi == INF:
-            return f"> {self.lo:g}"
-        return f"{self.lo:g} - {self.hi:g}"
+            return f"> {_num(self.lo)}"
+        return f"{_num(self.lo)} - {_num(self.hi)}"
+
+
+def _num(x: float) -> str:
+    return f"{x:.1f}" if x == int(x) else f"{x:g}"
 
 
 def _below(x: float, status: str, note: str = "") -> Band:
