@@ -335,3 +335,22 @@ def test_cli_unreadable_inputs(tmp_path, capsys):
     garbage.write_text("train/llm_epoch:abc\n")
     assert report.main([str(garbage)]) == 2
     assert "garbage.txt:1" in capsys.readouterr().err
+
+
+def test_loss_g_cause_and_disabled_discriminator():
+    config = {"loss": {"alpha_adv": 0.0, "alpha_feat": 0.0, "alpha_msspec": 15.0}}
+    epoch = {
+        "train/loss_g_epoch": 6.0,
+        "train/msspec_epoch": 0.3,
+        "train/wavlm_epoch": 0.6,
+        "train/loss_d_epoch": 0.0,  # logged as 0 when the discriminator is not run
+        "train/adv_g_epoch": 0.0,
+    }
+    records = [{"step": 0, "config": config}, {"step": 1, "epoch": 0, **epoch}]
+    rep = report.build_report(report.records_to_log(records, "mem"))
+    assert rep["metrics"]["loss_d_epoch"]["status"] == "disabled"
+    assert rep["metrics"]["adv_g_epoch"]["status"] == "disabled"
+    (diag,) = [d for d in rep["diagnosis"] if d["metric"] == "loss_g_epoch"]
+    assert diag["severity"] == "critical"
+    assert diag["cause"].startswith("largest weighted terms: 15*msspec=4.5, 1*wavlm=0.6")
+    assert not any(d["metric"] in ("loss_d_epoch", "adv_g_epoch") for d in rep["diagnosis"])
