@@ -97,7 +97,12 @@ done
 LOG_DIR=${LOG_DIR:-$(dirname "$WORKDIR")/logs}
 
 cd "$REPO"
-xla_flags="${XLA_FLAGS:+${XLA_FLAGS} }--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}"
+# Keep the caller's XLA flags, except a device count of its own.
+xla_flags=""
+for f in ${XLA_FLAGS:-}; do
+  [[ $f == --xla_force_host_platform_device_count=* ]] || xla_flags+="${f} "
+done
+xla_flags+="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}"
 train=("$PYTHON" -m amylm_jax.train "--config=${CONFIG}" "--workdir=${WORKDIR}")
 [[ -z $STORE ]] || train+=("--config.data.store=${STORE}")
 train+=("${EXTRA[@]}")
@@ -158,7 +163,7 @@ while ((left > 0)); do
       fi
     fi
   done
-  ((left == 0)) || sleep 1
+  ((left == 0)) || sleep 0.2
 done
 [[ -z $failed ]] || exit 1
 echo "all ${NUM_PROCESSES} processes finished"
