@@ -3,7 +3,7 @@
 # devices, joined through a coordinator on localhost exactly as the hosts of a pod would be.
 #
 #   launch/local_multiprocess.sh [--num_processes=2] [--devices_per_process=4] \
-#       [--config=configs/adapt.py] [--workdir=DIR] [--store=demo] [--config.a.b=v ...] [--dry_run]
+#       [--config=configs/demo.py] [--workdir=DIR] [--store=demo] [--config.a.b=v ...] [--dry_run]
 #
 # Each process logs to LOG_DIR/process_<i>.log. If one process fails the others are stopped
 # (they would otherwise wait for it at the next collective). Ctrl-C stops them all.
@@ -21,9 +21,9 @@ Flags (environment variable in brackets)
   --num_processes=N        processes [NUM_PROCESSES, default 2]
   --devices_per_process=D  virtual CPU devices per process [DEVICES_PER_PROCESS, default 4]
   --port=PORT              coordinator port on localhost [PORT, default 12345]
-  --config=FILE            config file [CONFIG, default configs/adapt.py]
+  --config=FILE            config file [CONFIG, default configs/demo.py]
   --workdir=DIR            [WORKDIR, default $TMPDIR/amylm_local_multiprocess/workdir]
-  --log_dir=DIR            [LOG_DIR, default next to the workdir: .../logs]
+  --log_dir=DIR            [LOG_DIR, default WORKDIR_logs, next to the workdir]
   --store=PATH             passed as --config.data.store [STORE, the config's default if unset]
   --python=EXE             interpreter [PYTHON, default python3]
   --dry_run                print the commands instead of running them
@@ -61,7 +61,7 @@ need_value() {
 NUM_PROCESSES=${NUM_PROCESSES:-2}
 DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-4}
 PORT=${PORT:-12345}
-CONFIG=${CONFIG:-configs/adapt.py}
+CONFIG=${CONFIG:-configs/demo.py}
 BASE="${TMPDIR:-/tmp}/amylm_local_multiprocess"
 WORKDIR=${WORKDIR:-${BASE}/workdir}
 LOG_DIR=${LOG_DIR:-}
@@ -94,7 +94,7 @@ for pair in "num_processes:$NUM_PROCESSES" "devices_per_process:$DEVICES_PER_PRO
   [[ ${pair#*:} =~ ^[1-9][0-9]*$ ]] || die "--${pair%%:*} must be a positive integer (got '${pair#*:}')"
 done
 [[ -n $WORKDIR ]] || die "--workdir must not be empty"
-LOG_DIR=${LOG_DIR:-$(dirname "$WORKDIR")/logs}
+LOG_DIR=${LOG_DIR:-${WORKDIR%/}_logs}
 
 cd "$REPO"
 # Keep the caller's XLA flags, except a device count of its own.

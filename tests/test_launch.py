@@ -220,8 +220,8 @@ def test_tpu_run_passes_config_workdir_and_overrides():
         "--workdir=gs://bucket/runs/adapt1",
         "--config=configs/adversarial.py",
         "--store=data/amy",
-        "--config.train.num_steps=100",
-        "--config.optim.lr=3e-4",
+        "--config.max_steps=100",
+        "--config.optim.lr_g=3e-4",
         "--env=LIBTPU_INIT_ARGS=--xla_tpu_x=true",
         "--",
         "--other_flag=it's",
@@ -239,8 +239,8 @@ def test_tpu_run_passes_config_workdir_and_overrides():
         "--config=configs/adversarial.py",
         "--workdir=gs://bucket/runs/adapt1",
         "--config.data.store=data/amy",
-        "--config.train.num_steps=100",
-        "--config.optim.lr=3e-4",
+        "--config.max_steps=100",
+        "--config.optim.lr_g=3e-4",
         "--other_flag=it's",
     ]
     assert "LIBTPU_INIT_ARGS=--xla_tpu_x=true" in words[:i]
@@ -330,7 +330,7 @@ def test_slurm_submit_command(tmp_path):
         "--workdir=runs/adapt1",
         "--store=/shared/stores/amy",
         "--port=23456",
-        "--config.train.num_steps=10",
+        "--config.max_steps=10",
         "--sbatch_arg=--exclusive",
         cwd=tmp_path,
     )
@@ -356,7 +356,7 @@ def test_slurm_submit_command(tmp_path):
         "--config=configs/adapt.py",
         f"--workdir={tmp_path}/runs/adapt1",  # made absolute: every node must find it
         "--config.data.store=/shared/stores/amy",
-        "--config.train.num_steps=10",
+        "--config.max_steps=10",
     ]
 
 
@@ -474,10 +474,10 @@ def test_local_multiprocess_dry_run(tmp_path):
         "--devices_per_process=2",
         "--port=23456",
         f"--workdir={tmp_path}/wd",
-        "--config.train.num_steps=3",
+        "--config.max_steps=3",
         env=clean_env(XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_foo=1"),
     )
-    assert cmds[0] == ["mkdir", "-p", f"{tmp_path}/logs"] and cmds[-1] == ["wait"]
+    assert cmds[0] == ["mkdir", "-p", f"{tmp_path}/wd_logs"] and cmds[-1] == ["wait"]
     assert len(cmds) == 5
     for i, words in enumerate(cmds[1:4]):
         assert "JAX_PLATFORMS=cpu" in words
@@ -487,8 +487,9 @@ def test_local_multiprocess_dry_run(tmp_path):
             "--num_processes=3",
             f"--process_id={i}",
         ]
-        assert f"--workdir={tmp_path}/wd" in words and "--config.train.num_steps=3" in words
-        assert words[-4:] == [">", f"{tmp_path}/logs/process_{i}.log", "2>&1", "&"]
+        assert "--config=configs/demo.py" in words and f"--workdir={tmp_path}/wd" in words
+        assert "--config.max_steps=3" in words
+        assert words[-4:] == [">", f"{tmp_path}/wd_logs/process_{i}.log", "2>&1", "&"]
     assert "positive integer" in fail(LOCAL, "--dry_run", "--num_processes=0")
 
 
@@ -506,7 +507,7 @@ def test_local_multiprocess_runs_and_stops_on_failure(tmp_path):
     args = [f"--python={python}", f"--workdir={tmp_path}/wd", "--num_processes=2"]
     ok = sh(LOCAL, *args)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    log1 = (tmp_path / "logs/process_1.log").read_text()
+    log1 = (tmp_path / "wd_logs/process_1.log").read_text()
     assert log1.startswith("cpu -m amylm_jax.train") and "--process_id=1" in log1
     bad = sh(LOCAL, *args, env=clean_env(FAIL="1"))
     assert bad.returncode == 1 and "process 1 exited with status 3" in bad.stdout
