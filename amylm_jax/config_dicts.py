@@ -1,0 +1,25 @@
+"""ConfigDict form of TrainConfig: the shared starting point of every `configs/*.py` file.
+
+Every field of :class:`amylm_jax.config.TrainConfig` appears, so ``--config.a.b=v`` works for
+all of them and a typo is an error (the configs are locked).
+"""
+
+import dataclasses
+
+import ml_collections
+
+from amylm_jax.config import TrainConfig
+
+
+def base_config() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
+    # Fields whose default is None must be typed so that overrides parse.
+    cfg.init.mimi_weights = ml_collections.FieldReference(None, field_type=str)
+    cfg.init.checkpoint = ml_collections.FieldReference(None, field_type=str)
+    cfg.init.checkpoint_step = ml_collections.FieldReference(None, field_type=int)
+    cfg.optim.lr_rvq = ml_collections.FieldReference(None, field_type=float)
+    cfg.optim.lr_heads = ml_collections.FieldReference(None, field_type=float)
+    cfg.optim.heads_b1 = ml_collections.FieldReference(None, field_type=float)
+    cfg.optim.heads_b2 = ml_collections.FieldReference(None, field_type=float)
+    cfg.wandb_project = ml_collections.FieldReference(None, field_type=str)
+    return cfg
