@@ -48,10 +48,21 @@ def num_frames(length: int, n_fft: int, hop: int) -> int:
 
 
 def frame(x_BxN: jax.Array, n_fft: int, hop: int) -> jax.Array:
-    """Cut ``[B, N]`` into overlapping windows ``[B, M, n_fft]`` (no padding, gather-based)."""
-    m = num_frames(x_BxN.shape[-1], n_fft, hop)
+    """Cut ``[B, N]`` into overlapping windows ``[B, M, n_fft]`` (no padding).
+
+    When ``hop`` divides ``n_fft`` (every STFT here: hop = n_fft / 4) the frames are built from
+    ``n_fft / hop`` shifted slices of a ``[B, M + r - 1, hop]`` block view: slices and a
+    concatenation, whose backward is a cheap pad-and-add. The general case uses a gather,
+    whose backward is a scatter-add (slow on CPU and large as an HLO constant).
+    """
+    b, n = x_BxN.shape
+    m = num_frames(n, n_fft, hop)
     if m < 1:
-        raise ValueError(f"signal of {x_BxN.shape[-1]} samples is shorter than n_fft={n_fft}")
+        raise ValueError(f"signal of {n} samples is shorter than n_fft={n_fft}")
+    if n_fft % hop == 0:
+        r = n_fft // hop
+        blocks = x_BxN[:, : (m + r - 1) * hop].reshape(b, m + r - 1, hop)
+        return jnp.concatenate([blocks[:, i : i + m] for i in range(r)], axis=-1)
     idx = np.arange(m)[:, None] * hop + np.arange(n_fft)[None, :]
     return x_BxN[:, idx]
 

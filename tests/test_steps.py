@@ -1,0 +1,249 @@
+"""The jitted training step on a tiny config: shared forwards, frozen parts, gradient reach."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amylm_jax.config import DiscConfig, LossConfig, TrainConfig, tiny_codec_config
+from amylm_jax.state import build_models, create_state, init_params
+from amylm_jax.steps import LOSS_NAMES, distill_losses, train_step, train_step_reference
+
+DW, DL = 24, 40
+# Two small scales keep compile time low; the step logic does not depend on the count.
+SMALL_DISC = DiscConfig(filters=4, n_ffts=(256, 128), hop_lengths=(64, 32), win_lengths=(256, 128))
+
+
+def make(cfg: TrainConfig | None = None, seed: int = 0):
+    cfg = cfg or TrainConfig(codec=tiny_codec_config(), disc=SMALL_DISC)
+    models = build_models(cfg, DW, DL)
+    gen, cb, disc = init_params(models, jax.random.PRNGKey(seed))
+    return models, create_state(models, gen, cb, disc, jax.random.PRNGKey(seed + 1))
+
+
+def make_batch(b: int = 2, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(24000) / 24000
+    audio = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 300, (b, 1)) * t)
+    return {
+        "audio": (audio + 0.02 * rng.standard_normal((b, 24000))).astype(np.float32),
+        "wavlm": rng.standard_normal((b, 13, DW)).astype(np.float32),
+        "llm": rng.standard_normal((b, 13, DL)).astype(np.float32),
+        "mask": np.ones((b, 13), np.float32),
+        "weight": np.ones(b, np.float32),
+    }
+
+
+def _max_diff(a, b) -> float:
+    return max(
+        jax.tree_util.tree_leaves(
+            jax.tree_util.tree_map(
+                lambda x, y: float(jnp.max(jnp.abs(x - y))) if x.size else 0.0, a, b
+            )
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def setup():
+    models, state = make()
+    return models, state, make_batch()
+
+
+def test_shared_forward_equals_original_order(setup):
+    models, state, batch = setup
+    s1, m1 = jax.jit(functools.partial(train_step, models))(state, batch)
+    s2, m2 = jax.jit(functools.partial(train_step_reference, models))(state, batch)
+    for name in LOSS_NAMES:
+        np.testing.assert_allclose(m1[f"train/{name}"], m2[f"train/{name}"], rtol=1e-6, atol=1e-7)
+    # Same gradients up to float summation order, through Adam's first step (~lr * sign).
+    assert _max_diff(s1.gen_params, s2.gen_params) < 1e-6
+    assert _max_diff(s1.disc_params, s2.disc_params) < 1e-6
+    assert _max_diff(s1.codebooks, s2.codebooks) < 1e-6
+    assert int(s1.step) == int(s2.step) == 1
+
+
+def test_total_loss_is_weighted_sum_and_frozen_parts_stay(setup):
+    models, state, batch = setup
+    before = jax.device_get(state)
+    new, m = jax.jit(functools.partial(train_step, models))(state, batch)
+    lc = models.cfg.loss
+    total = (
+        lc.alpha_adv * m["train/adv_g"]
+        + lc.alpha_feat * m["train/feat"]
+        + lc.alpha_wavlm * m["train/wavlm"]
+        + lc.alpha_llm * m["train/llm"]
+        + lc.alpha_msspec * m["train/msspec"]
+    )
+    np.testing.assert_allclose(m["train/loss_g"], total, rtol=1e-6)
+    assert float(m["train/nonfinite"]) == 0.0
+    for frozen in ("encoder", "encoder_transformer"):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(before.gen_params["codec"][frozen]),
+            jax.tree_util.tree_leaves(new.gen_params["codec"][frozen]),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+    # Everything else that is trained moved.
+    for name in ("decoder", "decoder_transformer", "downsample", "upsample", "quantizer"):
+        assert _max_diff(before.gen_params["codec"][name], new.gen_params["codec"][name]) > 0
+    assert _max_diff(before.disc_params, new.disc_params) > 0
+    # Frozen parameters carry no optimizer state.
+    assert "opt_g" in dir(new)
+
+
+def test_adversarial_only_zeroes_msspec():
+    cfg = TrainConfig(
+        codec=tiny_codec_config(), disc=SMALL_DISC, loss=LossConfig(adversarial_only=True)
+    )
+    models, state = make(cfg)
+    _, m = jax.jit(functools.partial(train_step, models))(state, make_batch())
+    assert float(m["train/msspec"]) == 0.0
+    total = m["train/adv_g"] + 4 * m["train/feat"] + m["train/wavlm"] + m["train/llm"]
+    np.testing.assert_allclose(m["train/loss_g"], total, rtol=1e-6)
+
+
+def test_gan_off_skips_discriminator():
+    cfg = TrainConfig(
+        codec=tiny_codec_config(),
+        disc=SMALL_DISC,
+        loss=LossConfig(alpha_adv=0.0, alpha_feat=0.0),
+    )
+    models, state = make(cfg)
+    new, m = jax.jit(functools.partial(train_step, models))(state, make_batch())
+    assert float(m["train/loss_d"]) == 0.0 and float(m["train/adv_g"]) == 0.0
+    assert _max_diff(state.disc_params, new.disc_params) == 0.0
+
+
+def test_nonfinite_batch_leaves_state_unchanged(setup):
+    models, state, batch = setup
+    bad = dict(batch, audio=np.full_like(batch["audio"], np.nan))
+    new, m = jax.jit(functools.partial(train_step, models))(state, bad)
+    assert float(m["train/nonfinite"]) == 1.0
+    assert _max_diff(state.gen_params, new.gen_params) == 0.0
+    assert _max_diff(state.disc_params, new.disc_params) == 0.0
+    assert _max_diff(state.codebooks, new.codebooks) == 0.0
+    assert int(new.step) == int(state.step) + 1
+
+
+def _distill_grads(models, state, batch, which: str):
+    """Gradient of one distillation loss w.r.t. all generator parameters (SPEC §3.9)."""
+    from amylm_jax.steps import generator_forward
+
+    key = jax.random.PRNGKey(3)
+
+    def loss(gp):
+        _, (wavlm, llm, _, _) = generator_forward(models, gp, state.codebooks, batch, key)
+        return wavlm if which == "wavlm" else llm
+
+    return jax.jit(jax.grad(loss))(state.gen_params)
+
+
+def _reached(grads) -> set[str]:
+    out = set()
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        if float(jnp.max(jnp.abs(g))) > 0:
+            names = [p.key for p in path]
+            out.add("/".join(names[:4] if names[1] == "quantizer" else names[:2]))
+    return out
+
+
+def test_gradient_reach_of_distillation_losses(setup):
+    models, state, batch = setup
+    llm = _reached(_distill_grads(models, state, batch, "llm"))
+    assert llm == {"llm_head/layers_0", "codec/quantizer/rvq_first/output_proj"}
+    wavlm = _reached(_distill_grads(models, state, batch, "wavlm"))
+    assert wavlm == {
+        "wavlm_head/layers_0",
+        "codec/quantizer/rvq_first/output_proj",
+        "codec/quantizer/rvq_first/input_proj",
+        "codec/downsample",
+    }
+
+
+def test_reconstruction_gradient_reach(setup):
+    """msspec reaches the decoder side, both RVQs' projections and the downsample only."""
+    from amylm_jax.losses.spectral import msspec_loss
+    from amylm_jax.steps import generator_forward
+
+    models, state, batch = setup
+
+    def loss(gp):
+        fake, _ = generator_forward(models, gp, state.codebooks, batch, jax.random.PRNGKey(0))
+        return msspec_loss(fake, batch["audio"])
+
+    reached = _reached(jax.jit(jax.grad(loss))(state.gen_params))
+    assert reached == {
+        "codec/decoder",
+        "codec/decoder_transformer",
+        "codec/upsample",
+        "codec/downsample",
+        "codec/quantizer/rvq_first/input_proj",
+        "codec/quantizer/rvq_first/output_proj",
+        "codec/quantizer/rvq_rest/input_proj",
+        "codec/quantizer/rvq_rest/output_proj",
+    }
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        dict(llm_latent="ste"),
+        dict(llm_detach_latent=True),
+        dict(wavlm_semantic_detach=True),
+        dict(layernorm=True, center_wavlm_target=True, center_wavlm_pred=True),
+        dict(mask_padded_frames=True),
+    ],
+)
+def test_distillation_knobs(setup, knobs):
+    models, state, batch = setup
+    cfg = dataclasses.replace(models.cfg, loss=LossConfig(**knobs))
+    models2 = build_models(cfg, DW, DL)
+    grads = _distill_grads(models2, state, batch, "llm")
+    reached = _reached(grads)
+    if knobs.get("llm_latent") == "ste":
+        # The STE latent lets the LLM loss shape the encoder side too.
+        assert "codec/quantizer/rvq_first/input_proj" in reached and "codec/downsample" in reached
+    elif knobs.get("llm_detach_latent"):
+        assert reached == {"llm_head/layers_0"}
+    else:
+        assert "llm_head/layers_0" in reached
+    if knobs.get("wavlm_semantic_detach"):
+        # x_sp - sem + sg(sem): in the residual topology both latents share rvq_first's STE,
+        # so the WavLM gradient keeps only the prosody part W @ E_1[c_1] (output_proj) and
+        # nothing reaches the encoder side (in the older parallel topology it did).
+        wavlm = _reached(_distill_grads(models2, state, batch, "wavlm"))
+        assert wavlm == {"wavlm_head/layers_0", "codec/quantizer/rvq_first/output_proj"}
+    if knobs.get("mask_padded_frames"):
+        masked = dict(batch, mask=np.concatenate([np.ones((2, 7)), np.zeros((2, 6))], 1))
+        masked = {k: jnp.asarray(v, jnp.float32) for k, v in masked.items()}
+        out = _forward_out(models2, state, masked)
+        w_full, _ = distill_losses(
+            models2,
+            state.gen_params,
+            state.gen_params["codec"],
+            state.codebooks,
+            state.codebooks,
+            out,
+            dict(masked, mask=jnp.ones((2, 13))),
+        )
+        w_mask, _ = distill_losses(
+            models2,
+            state.gen_params,
+            state.gen_params["codec"],
+            state.codebooks,
+            state.codebooks,
+            out,
+            masked,
+        )
+        assert abs(float(w_full) - float(w_mask)) > 1e-4
+
+
+def _forward_out(models, state, batch):
+    variables = {"params": state.gen_params["codec"], "codebooks": state.codebooks}
+    return models.codec.apply(variables, batch["audio"], train=False)
