@@ -368,7 +368,9 @@ def main(argv) -> None:
     FLAGS = flags.FLAGS
     from amylm_jax.sharding import initialize_distributed
 
-    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
+    )
     logging.getLogger("amylm_jax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     cfg = config_from_dict(FLAGS.config)
@@ -384,6 +386,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
     flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+    flags.DEFINE_bool(
+        "distributed", False, "Call jax.distributed.initialize() (TPU pods: auto-detected)."
+    )
     flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -240,7 +240,7 @@ cmd_run() {
     die "--workdir must be a gs:// path that every worker shares (got '${WORKDIR}'); pass --local_workdir on a single-host slice"
   fi
   [[ $STORE != gs://* ]] || die "--store must be a path on each worker's disk; copy it there with the store subcommand"
-  local train=(python -m amylm_jax.train "--config=${CONFIG}" "--workdir=${WORKDIR}")
+  local train=(python -m amylm_jax.train "--config=${CONFIG}" "--workdir=${WORKDIR}" --distributed)
   [[ -z $STORE ]] || train+=("--config.data.store=${STORE}")
   train+=("${EXTRA[@]}")
   local env=(env PYTHONUNBUFFERED=1 "${ENVS[@]}")

@@ -238,6 +238,7 @@ def test_tpu_run_passes_config_workdir_and_overrides():
     assert words[i + 3 :] == [
         "--config=configs/adversarial.py",
         "--workdir=gs://bucket/runs/adapt1",
+        "--distributed",
         "--config.data.store=data/amy",
         "--config.max_steps=100",
         "--config.optim.lr_g=3e-4",
