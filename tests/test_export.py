@@ -194,6 +194,27 @@ def test_transformers_layout_loads_strictly_into_mimi_model(run, exported, clips
         np.testing.assert_allclose(audio_ref, decoded, atol=1e-4, rtol=0)
 
 
+def test_transformers_from_pretrained_and_flat_hub_keys(run, exported, tmp_path):
+    """The file + config also load with ``from_pretrained``; the flat Hub spelling imports too."""
+    import shutil
+
+    from transformers import MimiModel
+
+    _, cfg, state = run
+    result = exported["transformers"]
+    shutil.copy(result.codec, tmp_path / "model.safetensors")
+    shutil.copy(result.config_json, tmp_path / "config.json")
+    model = MimiModel.from_pretrained(str(tmp_path))
+    loaded = model.state_dict()
+    for key, value in _load(result.codec).items():
+        assert torch.equal(loaded[key], value), key
+    amy = {k: v.numpy() for k, v in _load(exported["amy"].codec).items()}
+    flat = hf_layout.amy_to_transformers(amy, cfg.codec, nested=False)
+    assert "encoder.layers.0.conv.weight" in flat and "downsample.conv.weight" in flat
+    variables, _ = T.codec_from_state_dict(flat, cfg.codec, "transformers")
+    _assert_tree_equal(variables["params"], state.gen_params["codec"])
+
+
 def test_kyutai_layout_loads_strictly_and_warns(run, exported, clips, tmp_path, capsys, caplog):
     workdir, cfg, _ = run
     out = tmp_path / "k.safetensors"
