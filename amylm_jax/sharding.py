@@ -88,18 +88,20 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    force: bool = False,
 ) -> None:
-    """Join a multi-process run: explicit flags, or auto-detection (TPU VM, SLURM).
+    """Join a multi-process run: explicit flags, or JAX's auto-detection.
 
+    ``force`` (``--distributed``, or ``AMYLM_DISTRIBUTED=1``) calls
+    ``jax.distributed.initialize()`` with no arguments, which detects Cloud TPU VM pods (from
+    the TPU metadata) and SLURM jobs; a SLURM or GKE environment is also detected without it.
     Single-process runs (nothing given, no cluster environment) do nothing. On CPU the
     collectives use gloo.
     """
     explicit = coordinator_address is not None
-    auto = any(
-        k in os.environ
-        for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-    )
-    if not explicit and not auto:
+    force = force or os.environ.get("AMYLM_DISTRIBUTED", "") in ("1", "true", "True")
+    cluster_vars = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+    if not explicit and not force and not any(k in os.environ for k in cluster_vars):
         return
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
