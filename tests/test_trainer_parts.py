@@ -1,0 +1,125 @@
+"""Small trainer pieces: optimizer groups, warm-up, checkpoint retention, metric bookkeeping."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amylm_jax.checkpoint import Checkpointer
+from amylm_jax.config import CheckpointConfig, OptimConfig, TrainConfig
+from amylm_jax.metrics import EpochAccumulator, MetricWriter, read_metrics, truncate_after
+from amylm_jax.state import generator_labels, make_optimizers, rvq_learning_rate
+from amylm_jax.train import NonFiniteLossError, _handle, _Run
+
+
+def _gen_tree():
+    leaf = jnp.ones((3,))
+    return {
+        "codec": {
+            "encoder": {"model_0": {"kernel": leaf}},
+            "encoder_transformer": {"layers_0": {"kernel": leaf}},
+            "decoder": {"model_0": {"kernel": leaf}},
+            "quantizer": {"rvq_first": {"input_proj": {"kernel": leaf}}},
+        },
+        "wavlm_head": {"layers_0": {"kernel": leaf}},
+        "llm_head": {"layers_0": {"kernel": leaf}},
+    }
+
+
+def test_generator_groups_and_frozen_updates_are_zero():
+    cfg = TrainConfig(optim=OptimConfig(lr_rvq=1e-2, lr_heads=1e-1))
+    tree = _gen_tree()
+    labels = generator_labels(tree, cfg)
+    assert labels["codec"]["encoder"]["model_0"]["kernel"] == "frozen"
+    assert labels["codec"]["encoder_transformer"]["layers_0"]["kernel"] == "frozen"
+    assert labels["codec"]["decoder"]["model_0"]["kernel"] == "main"
+    assert labels["codec"]["quantizer"]["rvq_first"]["input_proj"]["kernel"] == "rvq"
+    assert labels["wavlm_head"]["layers_0"]["kernel"] == "heads"
+    tx_g, _ = make_optimizers(cfg)
+    state = tx_g.init(tree)
+    grads = jax.tree_util.tree_map(lambda x: 0.1 * x, tree)
+    updates, _ = tx_g.update(grads, state, tree)
+    assert float(jnp.abs(updates["codec"]["encoder"]["model_0"]["kernel"]).max()) == 0.0
+    # Adam's first step is lr * sign(g): each group moves by its own learning rate.
+    np.testing.assert_allclose(updates["codec"]["decoder"]["model_0"]["kernel"], -3e-4, rtol=1e-3)
+    np.testing.assert_allclose(
+        updates["codec"]["quantizer"]["rvq_first"]["input_proj"]["kernel"], -1e-2, rtol=1e-3
+    )
+    np.testing.assert_allclose(updates["llm_head"]["layers_0"]["kernel"], -1e-1, rtol=1e-3)
+
+
+def test_rvq_warmup_schedule():
+    cfg = TrainConfig(optim=OptimConfig(lr_rvq=5e-5, rvq_warmup_steps=100))
+    lr = rvq_learning_rate(cfg)
+    np.testing.assert_allclose(float(lr(0)), 5e-5 / 100, rtol=1e-6)
+    np.testing.assert_allclose(float(lr(49)), 5e-5 * 50 / 100, rtol=1e-6)
+    np.testing.assert_allclose(float(lr(500)), 5e-5, rtol=1e-6)
+
+
+def test_epoch_means_are_batch_size_weighted():
+    acc = EpochAccumulator()
+    acc.add({"train/llm": 1.0}, 16)
+    acc.add({"train/llm": 4.0}, 8)
+    assert acc.means()["train/llm"] == pytest.approx((16 * 1.0 + 8 * 4.0) / 24)
+    assert EpochAccumulator(acc.state()).means() == acc.means()
+
+
+def test_metrics_file_truncated_after_resume(tmp_path):
+    writer = MetricWriter(str(tmp_path), tensorboard=False)
+    for step in range(1, 6):
+        writer.write(step, {"train/loss_g_step": float(step)})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "train/lo')  # a line cut by kill -9
+    assert truncate_after(str(tmp_path), 3) == 3
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3]
+
+
+def test_nonfinite_loss_stops_with_the_step_named(tmp_path):
+    class Bar:
+        n = 0
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, **kw):
+            pass
+
+    writer = MetricWriter(str(tmp_path), tensorboard=False)
+    run = _Run(TrainConfig(), str(tmp_path), None, writer, 10, 100, EpochAccumulator(), True)
+    metrics = {
+        "train/loss_g": np.float32(np.nan),
+        "train/loss_d": np.float32(2.0),
+        "train/grad_norm_g": np.float32(np.inf),
+        "train/msspec": np.float32(1.0),
+        "train/nonfinite": np.float32(1.0),
+    }
+    with pytest.raises(NonFiniteLossError, match="at step 17"):
+        _handle(run, 17, metrics, 1.0, Bar())
+    writer.close()
+    assert read_metrics(str(tmp_path)) == []  # nothing recorded from the bad step
+
+
+def test_checkpoints_keep_last_and_best(tmp_path):
+    cfg = CheckpointConfig(keep_last=2, best_k=2, monitor="train/msspec_epoch", async_save=False)
+    ckpt = Checkpointer(str(tmp_path), cfg)
+    values = {1: 0.9, 2: 0.2, 3: 0.5, 4: 0.1, 5: 0.8, 6: 0.7}
+    state = {"w": np.arange(4, dtype=np.float32)}
+    for step, value in values.items():
+        ckpt.save(
+            step,
+            {"w": state["w"] + step},
+            {"step": step},
+            TrainConfig(),
+            metrics={"train/msspec_epoch": value},
+        )
+    ckpt.wait()
+    # Latest two (5, 6) plus the two lowest msspec (4, 2).
+    assert sorted(ckpt.all_steps()) == [2, 4, 5, 6]
+    restored, progress = ckpt.restore(4, {"w": jax.ShapeDtypeStruct((4,), np.float32)})
+    np.testing.assert_array_equal(restored["w"], state["w"] + 4)
+    assert progress == {"step": 4}
+    assert ckpt.restore_config(4) == TrainConfig()
+    ckpt.close()
