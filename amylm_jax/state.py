@@ -121,7 +121,9 @@ def build_models(cfg: TrainConfig, wavlm_dim: int, llm_dim: int) -> Models:
     tx_g, tx_d = make_optimizers(cfg)
     return Models(
         cfg=cfg,
-        codec=AmyCodec(cfg.codec, dtype=dtype, transpose_method=cfg.transpose_method),
+        codec=AmyCodec(
+            cfg.codec, dtype=dtype, transpose_method=cfg.transpose_method, remat=cfg.remat
+        ),
         disc=MultiScaleSTFTDiscriminator(
             filters=d.filters,
             n_ffts=d.n_ffts,

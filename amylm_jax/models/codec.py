@@ -55,6 +55,8 @@ class AmyCodec(nn.Module):
     config: CodecConfig
     dtype: Dtype = jnp.float32
     transpose_method: str = "dilated"
+    # Rematerialise the trainable decoder side in the backward pass (less activation memory).
+    remat: bool = False
 
     def setup(self):
         c = self.config
@@ -76,8 +78,11 @@ class AmyCodec(nn.Module):
             method=self.transpose_method,
             dtype=self.dtype,
         )
-        self.decoder_transformer = Transformer(c.transformer, dtype=self.dtype)
-        self.decoder = SEANetDecoder(
+        transformer_cls, decoder_cls = Transformer, SEANetDecoder
+        if self.remat:
+            transformer_cls, decoder_cls = nn.remat(Transformer), nn.remat(SEANetDecoder)
+        self.decoder_transformer = transformer_cls(c.transformer, dtype=self.dtype)
+        self.decoder = decoder_cls(
             c.seanet, dtype=self.dtype, transpose_method=self.transpose_method
         )
 
