@@ -1,0 +1,504 @@
+"""Evaluate a training checkpoint on the full validation clips of its store.
+
+    python -m amylm_jax.evaluate --workdir=runs/demo [--step=N] [--store=PATH|demo] \\
+        [--max_clips=N] [--asr_model=LOCAL_PATH] [--out=FILE.json]
+
+Each validation clip (the run's own split: ``config.data`` gives the store, ``val_fraction`` /
+``val_clips`` and ``split_seed``; ``--store`` swaps the store) is encoded whole: zero-padded to
+a multiple of 1920 samples and then up to a multiple of ``bucket_frames`` frames (one jitted
+encode/decode per bucket length bounds the compiles; the codec is causal, so trailing zeros
+change nothing before them), decoded with all codebooks, codebooks 0+1 (semantic + prosody)
+and codebook 0 alone, and trimmed back to the clip length. Per decode variant the clip means
+of SI-SDR, mel distance, multi-scale STFT distance, STOI and PESQ are reported with the
+variant's bitrate; per codebook the usage and normalised entropy of the evaluated codes and the
+EMA usage of the checkpoint's codebook state (``val/codebook/usage_g`` of training). With
+``--asr_model`` (a local transformers ASR model, nothing is downloaded) the corpus WER of each
+variant (and of the original audio, the ASR's own floor) against the store transcripts is
+added. Definitions: :mod:`amylm_jax.eval_metrics`.
+
+Results go to ``--out`` (default ``WORKDIR/eval/step_<N>.json``), to TensorBoard under
+``WORKDIR/tensorboard`` as ``eval/<variant>/<metric>`` at the checkpoint's step, and to stdout
+as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from amylm_jax import eval_metrics as em
+
+log = logging.getLogger("amylm_jax.evaluate")
+
+#: ``transcribe(list of mono 24 kHz float32 clips) -> list of transcripts`` (same order).
+Transcriber = Callable[[list[np.ndarray]], list[str]]
+
+METRICS = ("si_sdr", "mel_distance", "stft_distance", "stoi", "pesq")
+
+
+class EvaluationError(ValueError):
+    """A user-facing problem with the run, the store or an option."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One decode: the first ``num_codebooks`` codebooks."""
+
+    name: str
+    num_codebooks: int
+    description: str
+
+
+def decode_variants(num_codebooks: int) -> list[Variant]:
+    """All codebooks, codebooks 0+1, codebook 0 (duplicates dropped when K <= 2)."""
+    out = [Variant("all", num_codebooks, f"all {num_codebooks} codebooks")]
+    for v in (
+        Variant("cb0_1", 2, "codebooks 0+1 (semantic + prosody)"),
+        Variant("cb0", 1, "codebook 0 (semantic)"),
+    ):
+        if v.num_codebooks < num_codebooks:
+            out.append(v)
+    return out
+
+
+def settings() -> dict[str, Any]:
+    """The metric parameters, written into every result."""
+    return {
+        "si_sdr": "zero-mean, scale-invariant, dB; clip mean",
+        "mel_distance": {
+            "definition": "mean |log10(max(mel_ref,1e-5)) - log10(max(mel_est,1e-5))|",
+            "n_fft": em.MEL_N_FFT,
+            "win_length": em.MEL_N_FFT,
+            "hop_length": em.MEL_HOP,
+            "n_mels": em.MEL_BANDS,
+            "f_min": em.MEL_FMIN,
+            "f_max": em.MEL_FMAX,
+            "window": "periodic hann, centred frames (zero padded)",
+            "mel": "HTK triangular filters, no area normalisation, magnitude spectrogram",
+        },
+        "stft_distance": {
+            "definition": "mean over scales of mean |log10(max(|X_ref|,1e-5)) - log10(...)|",
+            "n_ffts": list(em.STFT_N_FFTS),
+            "hop_length": "n_fft / 4",
+            "win_length": "n_fft",
+        },
+        "stoi": "pystoi.stoi(ref, est, 24000), classic (internally 10 kHz)",
+        "pesq": "pesq wideband at 16 kHz (soxr HQ resampling)",
+        "codebook_usage": "fraction of codes used at least once on the evaluated frames",
+        "codebook_entropy": "entropy of the code histogram / log(bins)",
+        "codebook_ema_usage": "fraction of codes with EMA cluster_usage > 0.1 x mean",
+        "bitrate_bps": "n_codebooks * log2(bins) * frame_rate",
+        "wer": "corpus (S+D+I)/N_ref after lower-casing and punctuation stripping",
+    }
+
+
+# ------------------------------------------------------------------------------- loading
+def _checkpoint_step(workdir: str, step: int | None) -> int:
+    from amylm_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
+
+    if not os.path.isdir(workdir):
+        raise EvaluationError(f"--workdir={workdir}: no such directory")
+    hint = f"train first: python -m amylm_jax.train --config=... --workdir={workdir}"
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+        raise EvaluationError(f"{workdir} holds no checkpoints (no {CHECKPOINT_DIR}/); {hint}")
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        steps = sorted(ckpt.all_steps())
+    finally:
+        ckpt.close()
+    if not steps:
+        raise EvaluationError(f"{workdir}/{CHECKPOINT_DIR} holds no finished checkpoint; {hint}")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise EvaluationError(f"--step={step}: no such checkpoint in {workdir}; have {steps}")
+    return step
+
+
+def _validation_clips(data_cfg, store_arg: str | None, max_clips: int | None):
+    from amylm_jax.data.pipeline import split_clips
+    from amylm_jax.data.store import open_store, resolve_store
+
+    name = store_arg or data_cfg.store
+    try:
+        store = open_store(resolve_store(name))
+        _, val = split_clips(store, dataclasses.replace(data_cfg, store=str(name)))
+    except (FileNotFoundError, ValueError) as err:
+        raise EvaluationError(str(err)) from None
+    if len(val) == 0:
+        how = (
+            f"val_clips={list(data_cfg.val_clips)}"
+            if data_cfg.val_clips
+            else f"val_fraction={data_cfg.val_fraction}"
+        )
+        raise EvaluationError(
+            f"store {store.path} has no validation clips ({len(store)} clips, {how}); pass a "
+            "larger store with --store, or train with a validation split"
+        )
+    total = len(val)
+    if max_clips is not None:
+        if max_clips < 1:
+            raise EvaluationError(f"--max_clips must be >= 1, got {max_clips}")
+        val = val[:max_clips]
+    return store, val, total
+
+
+@functools.cache
+def _codec_fns(codec_cfg) -> tuple[Callable, Callable]:
+    """Jitted ``encode(vars, audio [1, N])`` / ``decode(vars, codes [1, k, T])`` per config.
+
+    Cached so repeated evaluations of one architecture reuse the compiled bucket shapes.
+    """
+    import jax
+
+    from amylm_jax.models.codec import AmyCodec
+
+    model = AmyCodec(codec_cfg)
+    enc = jax.jit(lambda v, x: model.apply(v, x, method=AmyCodec.encode))
+    dec = jax.jit(lambda v, c: model.apply(v, c, method=AmyCodec.decode))
+    return enc, dec
+
+
+# ------------------------------------------------------------------------------- evaluation
+def _mean(values: list[float | None]) -> float | None:
+    good = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(good)) if good else None
+
+
+def _variant_summary(per_clip: list[dict], name: str, n_clips: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    for metric in METRICS:
+        rows = [c["variants"][name] for c in per_clip]
+        values = [r[metric] for r in rows]
+        out[metric] = _mean(values)
+        missing = [r for r in rows if r[metric] is None or not math.isfinite(r[metric])]
+        if missing:
+            reason = next(
+                (r.get(f"{metric}_reason") for r in missing if r.get(f"{metric}_reason")),
+                "non-finite value",
+            )
+            notes[metric] = f"{len(missing)} of {n_clips} clip(s) not scored: {reason}"
+    out["notes"] = notes
+    return out
+
+
+def evaluate(
+    workdir: str,
+    step: int | None = None,
+    store: str | None = None,
+    max_clips: int | None = None,
+    transcriber: Transcriber | None = None,
+    asr_name: str | None = None,
+    out: str | None = None,
+    tensorboard: bool = True,
+    bucket_frames: int = 8,
+) -> dict[str, Any]:
+    """Evaluate one checkpoint of ``workdir``; returns (and writes) the result dict.
+
+    ``transcriber`` enables WER (see :data:`Transcriber`); it is called once per clip with
+    ``[original, *decoded variants]``. ``asr_name`` labels it in the result.
+    """
+    import jax
+
+    from amylm_jax.checkpoint import Checkpointer
+    from amylm_jax.data.audio import int16_to_float
+    from amylm_jax.train import codebook_usage, restore_run_state
+
+    t0 = time.perf_counter()
+    workdir = os.path.abspath(workdir)
+    if bucket_frames < 1:
+        raise EvaluationError(f"bucket_frames must be >= 1, got {bucket_frames}")
+    step = _checkpoint_step(workdir, step)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        cfg = ckpt.restore_config(step)
+    finally:
+        ckpt.close()
+    st, val, n_val = _validation_clips(cfg.data, store, max_clips)
+    cfg, state = restore_run_state(workdir, step)
+    codec_cfg = cfg.codec
+    q = codec_cfg.quantizer
+    frame = codec_cfg.frame_size
+    variables = jax.device_put({"params": state.gen_params["codec"], "codebooks": state.codebooks})
+    enc, dec = _codec_fns(codec_cfg)
+    variants = decode_variants(q.num_codebooks)
+    log.info("evaluating %s step %d on %d of %d validation clips", workdir, step, len(val), n_val)
+
+    per_clip: list[dict[str, Any]] = []
+    codes_seen: list[np.ndarray] = []
+    asr: dict[str, list[str]] = {"original": [], **{v.name: [] for v in variants}}
+    refs: list[str] = []
+    for idx in val:
+        rec = st[int(idx)]
+        audio = int16_to_float(rec["audio"])
+        n = audio.size
+        frames = -(-n // frame)
+        padded = -(-frames // bucket_frames) * bucket_frames
+        x = np.zeros((1, padded * frame), np.float32)
+        x[0, :n] = audio
+        codes = np.asarray(enc(variables, x))
+        codes_seen.append(codes[0, :, :frames])
+        clip: dict[str, Any] = {
+            "clip_id": rec["clip_id"],
+            "seconds": n / codec_cfg.sample_rate,
+            "variants": {},
+        }
+        decoded = {}
+        for v in variants:
+            y = np.asarray(dec(variables, codes[:, : v.num_codebooks]))[0, :n]
+            decoded[v.name] = y
+            row: dict[str, Any] = {
+                "si_sdr": em.si_sdr(audio, y),
+                "mel_distance": em.mel_distance(audio, y, codec_cfg.sample_rate),
+                "stft_distance": em.stft_distance(audio, y),
+            }
+            for metric, fn in (("stoi", em.stoi), ("pesq", em.pesq_wb)):
+                value, reason = fn(audio, y, codec_cfg.sample_rate)
+                row[metric] = value
+                if reason:
+                    row[f"{metric}_reason"] = reason
+            clip["variants"][v.name] = row
+        transcript = str(rec.get("transcript", ""))
+        if transcriber is not None and em.normalize_text(transcript):
+            texts = transcriber([audio, *(decoded[v.name] for v in variants)])
+            if len(texts) != len(variants) + 1:
+                raise EvaluationError(
+                    f"transcriber returned {len(texts)} texts for {len(variants) + 1} inputs"
+                )
+            refs.append(transcript)
+            clip["transcript"] = transcript
+            clip["asr"] = dict(zip(asr, texts, strict=True))
+            for key, text in clip["asr"].items():
+                asr[key].append(str(text))
+        per_clip.append(clip)
+
+    all_codes = np.concatenate(codes_seen, axis=1)
+    usage, entropy = em.codebook_stats(all_codes, q.bins)
+    ema = codebook_usage(jax.device_get(state.codebooks), cfg)
+    codebooks = [
+        {
+            "index": k,
+            "usage": float(usage[k]),
+            "entropy": float(entropy[k]),
+            "ema_usage": ema.get(f"val/codebook/usage_{k}"),
+        }
+        for k in range(all_codes.shape[0])
+    ]
+
+    wer_info: dict[str, Any]
+    if transcriber is None:
+        wer_info = {"skipped": "no --asr_model given (a local transformers ASR model path)"}
+    elif not refs:
+        wer_info = {"skipped": "no evaluated clip has a transcript in the store"}
+    else:
+        wer_info = {
+            "asr_model": asr_name or "injected transcriber",
+            "clips": len(refs),
+            "original": em.corpus_wer(refs, asr["original"]),
+        }
+    result: dict[str, Any] = {
+        "workdir": workdir,
+        "step": step,
+        "store": str(st.path),
+        "clips": {"evaluated": len(val), "validation_total": n_val},
+        "audio_seconds": float(sum(c["seconds"] for c in per_clip)),
+        "frame_rate": codec_cfg.frame_rate,
+        "bins": q.bins,
+        "bucket_frames": bucket_frames,
+        "variants": {},
+        "codebooks": codebooks,
+        "wer": wer_info,
+        "settings": settings(),
+        "per_clip": per_clip,
+    }
+    for v in variants:
+        summary = {
+            "num_codebooks": v.num_codebooks,
+            "description": v.description,
+            "bitrate_bps": em.bitrate(v.num_codebooks, q.bins, codec_cfg.frame_rate),
+            **_variant_summary(per_clip, v.name, len(per_clip)),
+        }
+        if "original" in wer_info:
+            summary["wer"] = em.corpus_wer(refs, asr[v.name])["wer"]
+        else:
+            summary["wer"] = None
+            summary["notes"]["wer"] = wer_info["skipped"]
+        result["variants"][v.name] = summary
+    result["wall_seconds"] = time.perf_counter() - t0
+    result = _finite(result)
+
+    out = out or os.path.join(workdir, "eval", f"step_{step}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    result["out"] = out
+    if tensorboard:
+        write_tensorboard(os.path.join(workdir, "tensorboard"), result)
+    return result
+
+
+def _finite(tree: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None."""
+    if isinstance(tree, dict):
+        return {k: _finite(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_finite(v) for v in tree]
+    if isinstance(tree, (float, np.floating)):
+        return float(tree) if math.isfinite(tree) else None
+    if isinstance(tree, np.integer):
+        return int(tree)
+    return tree
+
+
+def scalars(result: dict[str, Any]) -> dict[str, float]:
+    """The flat ``eval/...`` scalars of a result (what goes to TensorBoard)."""
+    out: dict[str, float] = {}
+    for name, v in result["variants"].items():
+        for metric in (*METRICS, "wer", "bitrate_bps"):
+            if v.get(metric) is not None:
+                out[f"eval/{name}/{metric}"] = float(v[metric])
+    if "original" in result["wer"]:
+        out["eval/original/wer"] = float(result["wer"]["original"]["wer"])
+    for cb in result["codebooks"]:
+        for key in ("usage", "entropy", "ema_usage"):
+            if cb.get(key) is not None:
+                out[f"eval/codebook/{key}_{cb['index']}"] = float(cb[key])
+    return out
+
+
+def write_tensorboard(logdir: str, result: dict[str, Any]) -> None:
+    """Append the result's scalars at the checkpoint step to the run's TensorBoard log."""
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(logdir)
+    try:
+        for tag, value in scalars(result).items():
+            writer.add_scalar(tag, value, result["step"])
+    finally:
+        writer.close()
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Human-readable summary of a result."""
+
+    def f(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    lines = [
+        f"step {result['step']}: {result['clips']['evaluated']} of "
+        f"{result['clips']['validation_total']} validation clips, "
+        f"{result['audio_seconds']:.1f} s of audio ({result['store']})",
+        "",
+        f"{'variant':<8} {'K':>2} {'bps':>7} {'SI-SDR':>7} {'mel':>6} {'STFT':>6} "
+        f"{'STOI':>5} {'PESQ':>5} {'WER':>6}",
+    ]
+    for name, v in result["variants"].items():
+        lines.append(
+            f"{name:<8} {v['num_codebooks']:>2} {v['bitrate_bps']:>7.1f} "
+            f"{f(v['si_sdr'], '7.2f'):>7} {f(v['mel_distance'], '6.3f'):>6} "
+            f"{f(v['stft_distance'], '6.3f'):>6} {f(v['stoi'], '5.3f'):>5} "
+            f"{f(v['pesq'], '5.2f'):>5} {f(v['wer'], '6.3f'):>6}"
+        )
+    notes = {(m, n) for v in result["variants"].values() for m, n in v["notes"].items()}
+    for metric, note in sorted(notes):
+        lines.append(f"  {metric}: {note}")
+    if "original" in result["wer"]:
+        lines.append(f"  ASR on the original audio: WER {result['wer']['original']['wer']:.3f}")
+    lines += ["", f"{'codebook':>8} {'usage':>6} {'entropy':>7} {'EMA usage':>9}"]
+    for cb in result["codebooks"]:
+        lines.append(
+            f"{cb['index']:>8} {cb['usage']:>6.3f} {cb['entropy']:>7.3f} "
+            f"{f(cb['ema_usage'], '9.3f'):>9}"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- ASR
+def hf_transcriber(model_path: str, batch_size: int = 4) -> Transcriber:
+    """A :data:`Transcriber` over a local ``transformers`` ASR pipeline (no download)."""
+    if not os.path.exists(model_path):
+        raise EvaluationError(
+            f"--asr_model={model_path}: no such local path (a directory saved with "
+            "save_pretrained; nothing is downloaded)"
+        )
+    from transformers import pipeline
+
+    from amylm_jax.data.audio import resample
+
+    pipe = pipeline("automatic-speech-recognition", model=model_path, device="cpu")
+    rate = int(getattr(pipe.feature_extractor, "sampling_rate", 16000))
+
+    def transcribe(audios: list[np.ndarray]) -> list[str]:
+        inputs = [
+            {"raw": resample(np.asarray(a, np.float32), 24000, rate), "sampling_rate": rate}
+            for a in audios
+        ]
+        kw: dict[str, Any] = {"batch_size": batch_size}
+        if max(x["raw"].size for x in inputs) > 30 * rate:
+            kw["chunk_length_s"] = 30
+        return [str(o["text"]) for o in pipe(inputs, **kw)]
+
+    return transcribe
+
+
+# ------------------------------------------------------------------------------- entry point
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m amylm_jax.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--workdir", required=True, help="training run directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    p.add_argument("--store", default=None, help="feature store PATH or demo (default: run's)")
+    p.add_argument("--max_clips", type=int, default=None, help="first N validation clips only")
+    p.add_argument("--asr_model", default=None, help="local transformers ASR model (for WER)")
+    p.add_argument("--out", default=None, help="result JSON (default WORKDIR/eval/step_N.json)")
+    p.add_argument(
+        "--bucket_frames", type=int, default=8, help="pad clips to multiples of N frames"
+    )
+    p.add_argument("--no_tensorboard", action="store_true", help="skip the TensorBoard scalars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax read-only chatter
+    try:
+        transcriber = hf_transcriber(args.asr_model) if args.asr_model else None
+        result = evaluate(
+            args.workdir,
+            step=args.step,
+            store=args.store,
+            max_clips=args.max_clips,
+            transcriber=transcriber,
+            asr_name=args.asr_model,
+            out=args.out,
+            tensorboard=not args.no_tensorboard,
+            bucket_frames=args.bucket_frames,
+        )
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if "skipped" in result["wer"]:
+        print(f"WER skipped: {result['wer']['skipped']}")
+    print(f"wrote {result['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
