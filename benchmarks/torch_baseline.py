@@ -127,7 +127,20 @@ def build_torch_codec(codec: CodecConfig, device: str = "cpu") -> nn.Module:
         replaced_usage_ratio=q.replaced_usage_ratio,
     ).to(device)
     model.set_num_codebooks(q.num_codebooks)
+    for cb in _codebooks(model).values():
+        # SPEC §3.4 step 4: expired codes are replaced by samples of ``X.detach()``. moshi
+        # passes the live ``X``, so the in-place write into ``embedding_sum`` records an
+        # autograd graph, and the next step's backward (through the LLM branch's decode)
+        # runs into the previous step's freed graph.
+        cb._check_expired_codes = _detached(cb._check_expired_codes)
     return model
+
+
+def _detached(check):
+    def wrapper(batch_samples: torch.Tensor) -> torch.Tensor:
+        return check(batch_samples.detach())
+
+    return wrapper
 
 
 def _codebooks(model: nn.Module) -> dict[str, nn.Module]:
