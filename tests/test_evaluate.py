@@ -243,3 +243,39 @@ def test_clear_errors(run, tmp_path, capsys):
         w.add(demo[0])
     with pytest.raises(ev.EvaluationError, match="no validation clips"):
         ev.evaluate(run, store=str(one))
+
+
+def test_hf_transcriber_on_a_tiny_random_model(tmp_path):
+    """The --asr_model path: a transformers ASR pipeline over a local directory (random CTC)."""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+
+    vocab = {"<pad>": 0, "|": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate("abcdefgh'")}}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    tok = tf.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), word_delimiter_token="|")
+    fe = tf.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0)
+    cfg = tf.Wav2Vec2Config(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    tf.Wav2Vec2ForCTC(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    fe.save_pretrained(tmp_path)
+
+    transcribe = ev.hf_transcriber(str(tmp_path))
+    audio = 0.1 * np.random.default_rng(0).standard_normal(24000).astype(np.float32)
+    texts = transcribe([audio, audio[:12000]])
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert texts == transcribe([audio, audio[:12000]])  # deterministic
+    with pytest.raises(ev.EvaluationError, match="no such local path"):
+        ev.hf_transcriber(str(tmp_path / "missing"))
