@@ -55,13 +55,13 @@ def config_from_dict(data: Any) -> TrainConfig:
         if isinstance(init.get(key), str) and init[key].lower() == "none":
             init[key] = None
     data["init"] = init
-    if data.get("data", {}).get("store", "demo") in ("", None):
-        raise ValueError("pass the feature store: --config.data.store=PATH (or demo)")
     if init.get("mimi_weights") and not os.path.isfile(init["mimi_weights"]):
         raise FileNotFoundError(
             f"--config.init.mimi_weights={init['mimi_weights']}: no such file (pass a local "
             "safetensors/PyTorch file, or none for random init)"
         )
+    if data.get("data", {}).get("store", "demo") in ("", None):
+        raise ValueError("pass the feature store: --config.data.store=PATH (or demo)")
     return from_dict(TrainConfig, data)
 
 
