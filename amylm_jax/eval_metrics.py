@@ -29,6 +29,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,37 @@ EPS_LOG = 1e-5
 MEL_N_FFT, MEL_HOP, MEL_BANDS, MEL_FMIN, MEL_FMAX = 1024, 256, 80, 0.0, 12000.0
 STFT_N_FFTS = (2048, 1024, 512, 256, 128, 64)
 PESQ_RATE = 16000
+
+
+def settings() -> dict[str, Any]:
+    """The metric parameters, written into every result."""
+    return {
+        "si_sdr": "zero-mean, scale-invariant, dB; clip mean",
+        "mel_distance": {
+            "definition": "mean |log10(max(mel_ref,1e-5)) - log10(max(mel_est,1e-5))|",
+            "n_fft": MEL_N_FFT,
+            "win_length": MEL_N_FFT,
+            "hop_length": MEL_HOP,
+            "n_mels": MEL_BANDS,
+            "f_min": MEL_FMIN,
+            "f_max": MEL_FMAX,
+            "window": "periodic hann, centred frames (zero padded)",
+            "mel": "HTK triangular filters, no area normalisation, magnitude spectrogram",
+        },
+        "stft_distance": {
+            "definition": "mean over scales of mean |log10(max(|X_ref|,1e-5)) - log10(...)|",
+            "n_ffts": list(STFT_N_FFTS),
+            "hop_length": "n_fft / 4",
+            "win_length": "n_fft",
+        },
+        "stoi": "pystoi.stoi(ref, est, 24000), classic (internally 10 kHz)",
+        "pesq": "pesq wideband at 16 kHz (soxr HQ resampling)",
+        "codebook_usage": "fraction of codes used at least once on the evaluated frames",
+        "codebook_entropy": "entropy of the code histogram / log(bins)",
+        "codebook_ema_usage": "fraction of codes with EMA cluster_usage > 0.1 x mean",
+        "bitrate_bps": "n_codebooks * log2(bins) * frame_rate",
+        "wer": "corpus (S+D+I)/N_ref after lower-casing and punctuation stripping",
+    }
 
 
 # ------------------------------------------------------------------------------- waveforms

@@ -72,37 +72,6 @@ def decode_variants(num_codebooks: int) -> list[Variant]:
     return out
 
 
-def settings() -> dict[str, Any]:
-    """The metric parameters, written into every result."""
-    return {
-        "si_sdr": "zero-mean, scale-invariant, dB; clip mean",
-        "mel_distance": {
-            "definition": "mean |log10(max(mel_ref,1e-5)) - log10(max(mel_est,1e-5))|",
-            "n_fft": em.MEL_N_FFT,
-            "win_length": em.MEL_N_FFT,
-            "hop_length": em.MEL_HOP,
-            "n_mels": em.MEL_BANDS,
-            "f_min": em.MEL_FMIN,
-            "f_max": em.MEL_FMAX,
-            "window": "periodic hann, centred frames (zero padded)",
-            "mel": "HTK triangular filters, no area normalisation, magnitude spectrogram",
-        },
-        "stft_distance": {
-            "definition": "mean over scales of mean |log10(max(|X_ref|,1e-5)) - log10(...)|",
-            "n_ffts": list(em.STFT_N_FFTS),
-            "hop_length": "n_fft / 4",
-            "win_length": "n_fft",
-        },
-        "stoi": "pystoi.stoi(ref, est, 24000), classic (internally 10 kHz)",
-        "pesq": "pesq wideband at 16 kHz (soxr HQ resampling)",
-        "codebook_usage": "fraction of codes used at least once on the evaluated frames",
-        "codebook_entropy": "entropy of the code histogram / log(bins)",
-        "codebook_ema_usage": "fraction of codes with EMA cluster_usage > 0.1 x mean",
-        "bitrate_bps": "n_codebooks * log2(bins) * frame_rate",
-        "wer": "corpus (S+D+I)/N_ref after lower-casing and punctuation stripping",
-    }
-
-
 # ------------------------------------------------------------------------------- loading
 def _checkpoint_step(workdir: str, step: int | None) -> int:
     from amylm_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
@@ -320,7 +289,7 @@ def evaluate(
         "variants": {},
         "codebooks": codebooks,
         "wer": wer_info,
-        "settings": settings(),
+        "settings": em.settings(),
         "per_clip": per_clip,
     }
     for v in variants:
