@@ -122,6 +122,33 @@ class Checkpointer:
         self.manager.close()
 
 
+class CheckpointError(ValueError):
+    """A workdir has no (such) checkpoint."""
+
+
+def resolve_step(workdir: str, step: int | None = None) -> int:
+    """The checkpoint step to load from ``workdir``: ``step`` if it exists, else the latest.
+
+    Raises :class:`CheckpointError` naming the workdir (and the available steps).
+    """
+    hint = f"train first: python -m amylm_jax.train --config=... --workdir={workdir}"
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    steps: list[int] = []
+    if os.path.isdir(directory):
+        ckpt = Checkpointer(workdir, read_only=True)
+        try:
+            steps = sorted(ckpt.all_steps())
+        finally:
+            ckpt.close()
+    if not steps:
+        raise CheckpointError(f"{workdir} holds no checkpoints (in {directory}); {hint}")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"no such checkpoint: step {step} in {directory}; available: {steps}")
+    return step
+
+
 def abstract_like(tree: Any, shardings: Any = None) -> Any:
     """ShapeDtypeStructs (with shardings) describing ``tree``, the restore target."""
     if shardings is None:

@@ -74,25 +74,14 @@ def decode_variants(num_codebooks: int) -> list[Variant]:
 
 # ------------------------------------------------------------------------------- loading
 def _checkpoint_step(workdir: str, step: int | None) -> int:
-    from amylm_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
+    from amylm_jax.checkpoint import CheckpointError, resolve_step
 
     if not os.path.isdir(workdir):
         raise EvaluationError(f"--workdir={workdir}: no such directory")
-    hint = f"train first: python -m amylm_jax.train --config=... --workdir={workdir}"
-    if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
-        raise EvaluationError(f"{workdir} holds no checkpoints (no {CHECKPOINT_DIR}/); {hint}")
-    ckpt = Checkpointer(workdir, read_only=True)
     try:
-        steps = sorted(ckpt.all_steps())
-    finally:
-        ckpt.close()
-    if not steps:
-        raise EvaluationError(f"{workdir}/{CHECKPOINT_DIR} holds no finished checkpoint; {hint}")
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise EvaluationError(f"--step={step}: no such checkpoint in {workdir}; have {steps}")
-    return step
+        return resolve_step(workdir, step)
+    except CheckpointError as err:
+        raise EvaluationError(str(err)) from None
 
 
 def _validation_clips(data_cfg, store_arg: str | None, max_clips: int | None):

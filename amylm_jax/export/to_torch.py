@@ -237,23 +237,12 @@ def codec_config_of(path: str | os.PathLike) -> CodecConfig:
 
 def checkpoint_step(workdir: str, step: int | None) -> int:
     """The step to export (latest by default), with clear errors for a bad workdir/step."""
-    from amylm_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
+    from amylm_jax.checkpoint import CheckpointError, resolve_step
 
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        raise ExportError(f"no checkpoints in {workdir} ({directory} does not exist)")
-    ckpt = Checkpointer(workdir, read_only=True)
     try:
-        steps = sorted(ckpt.all_steps())
-    finally:
-        ckpt.close()
-    if not steps:
-        raise ExportError(f"no checkpoints in {directory}")
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise ExportError(f"no checkpoint for step {step} in {directory}; available: {steps}")
-    return step
+        return resolve_step(workdir, step)
+    except CheckpointError as err:
+        raise ExportError(str(err)) from None
 
 
 def export_run(
