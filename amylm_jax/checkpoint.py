@@ -59,9 +59,16 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
         )
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "progress", "config")
-        )
+        absl_log = logging.getLogger("absl")
+        level = absl_log.level
+        if read_only:  # orbax warns that a read-only manager will not save: expected here
+            absl_log.setLevel(logging.ERROR)
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "progress", "config")
+            )
+        finally:
+            absl_log.setLevel(level)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
