@@ -53,17 +53,17 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
-        options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=cfg.async_save and not read_only,
-            preservation_policy=cm.AnyPreservationPolicy(policies),
-            create=not read_only,
-            read_only=read_only,
-        )
         absl_log = logging.getLogger("absl")
         level = absl_log.level
         if read_only:  # orbax warns that a read-only manager will not save: expected here
             absl_log.setLevel(logging.ERROR)
         try:
+            options = ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=cfg.async_save and not read_only,
+                preservation_policy=cm.AnyPreservationPolicy(policies),
+                create=not read_only,
+                read_only=read_only,
+            )
             self.manager = ocp.CheckpointManager(
                 self.directory, options=options, item_names=("state", "progress", "config")
             )
