@@ -48,22 +48,27 @@ if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).")
-flags.DEFINE_integer("batch", 4, "Batch size (examples of `seconds` audio).")
-flags.DEFINE_float("seconds", 1.0, "Crop length in seconds.")
-flags.DEFINE_string("json", None, "Write the results here.")
-flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "JAX compute precision.")
-flags.DEFINE_enum(
-    "torch_precision", None, ["fp32", "tf32", "bf16"], "PyTorch precision (default: as JAX)."
-)
-flags.DEFINE_bool("skip_torch", False, "Measure JAX only.")
-flags.DEFINE_bool("profile", False, "Also time the parts of the step.")
-flags.DEFINE_enum("disc_conv", "lax", ["lax", "im2col"], "Discriminator conv formulation (JAX).")
-flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Internal: which side to run.")
-flags.DEFINE_string("weights", None, "Internal: initial weights (.npz, PyTorch layout).")
-flags.DEFINE_integer("seed", 0, "Seed of the weights and the batch.")
+
+
+def _define_flags() -> None:
+    """Command-line flags (only when run as a script, so other tools can import this module)."""
+    config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).")
+    flags.DEFINE_integer("batch", 4, "Batch size (examples of `seconds` audio).")
+    flags.DEFINE_float("seconds", 1.0, "Crop length in seconds.")
+    flags.DEFINE_string("json", None, "Write the results here.")
+    flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+    flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "JAX compute precision.")
+    flags.DEFINE_enum(
+        "torch_precision", None, ["fp32", "tf32", "bf16"], "PyTorch precision (default: as JAX)."
+    )
+    flags.DEFINE_bool("skip_torch", False, "Measure JAX only.")
+    flags.DEFINE_bool("profile", False, "Also time the parts of the step.")
+    flags.DEFINE_enum("disc_conv", "lax", ["lax", "im2col"], "Discriminator conv (JAX).")
+    flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Internal: which side to run.")
+    flags.DEFINE_string("weights", None, "Internal: initial weights (.npz, PyTorch layout).")
+    flags.DEFINE_integer("seed", 0, "Seed of the weights and the batch.")
+
 
 WAVLM_DIM, LLM_DIM = 1024, 2048
 
@@ -538,4 +543,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
