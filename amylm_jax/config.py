@@ -320,8 +320,13 @@ class TrainConfig:
     log_every_steps: int = 1
     precision: str = "fp32"  # "fp32" or "bf16" (compute dtype of convs/matmuls)
     remat: bool = False
+    # One discriminator forward on fake and one on real shared by the G and D updates (same
+    # numbers as the original's four forwards, ~19 % fewer FLOPs); False = the original order.
     shared_disc_forward: bool = True
-    transpose_method: str = "dilated"
+    # Transposed-conv formulation: "auto" = "polyphase" on CPU/GPU (a plain conv + reshape:
+    # 7x faster codec backward on CPU, benchmarks/RESULTS.md; XLA's input-dilated conv is known
+    # to be slow on GPU) and "dilated" on TPU. Both are numerically the same model.
+    transpose_method: str = "auto"
     mesh: tuple[tuple[str, int], ...] = (("data", -1),)
     tensorboard: bool = True
     wandb_project: str | None = None
@@ -329,5 +334,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.transpose_method not in ("dilated", "polyphase"):
-            raise ValueError("transpose_method must be 'dilated' or 'polyphase'")
+        if self.transpose_method not in ("auto", "dilated", "polyphase"):
+            raise ValueError("transpose_method must be 'auto', 'dilated' or 'polyphase'")
+
+    def resolved_transpose_method(self, platform: str | None = None) -> str:
+        """The formulation for ``platform`` (default: JAX's default backend)."""
+        if self.transpose_method != "auto":
+            return self.transpose_method
+        if platform is None:
+            import jax
+
+            platform = jax.default_backend()
+        return "dilated" if platform == "tpu" else "polyphase"

@@ -122,7 +122,10 @@ def build_models(cfg: TrainConfig, wavlm_dim: int, llm_dim: int) -> Models:
     return Models(
         cfg=cfg,
         codec=AmyCodec(
-            cfg.codec, dtype=dtype, transpose_method=cfg.transpose_method, remat=cfg.remat
+            cfg.codec,
+            dtype=dtype,
+            transpose_method=cfg.resolved_transpose_method(),
+            remat=cfg.remat,
         ),
         disc=MultiScaleSTFTDiscriminator(
             filters=d.filters,

@@ -29,7 +29,7 @@ from amylm_jax.metrics import (
 )
 from amylm_jax.sharding import batch_sharding, global_batch, make_mesh, replicated, state_shardings
 from amylm_jax.state import Models, TrainState, build_models, create_state, init_params
-from amylm_jax.steps import eval_step, train_step
+from amylm_jax.steps import eval_step, train_step, train_step_reference
 
 log = logging.getLogger("amylm_jax.train")
 
@@ -191,8 +191,9 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         is_main,
         dict(progress.get("last_epoch", {})),
     )
+    step_impl = train_step if cfg.shared_disc_forward else train_step_reference
     step_fn = jax.jit(
-        functools.partial(train_step, models),
+        functools.partial(step_impl, models),
         in_shardings=(shardings, bsh),
         out_shardings=(shardings, rep),
         donate_argnums=0,
