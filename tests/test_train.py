@@ -183,3 +183,38 @@ def test_missing_weights_or_store_gives_clear_errors(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="python -m amylm_jax.prepare"):
         resolve_store(str(tmp_path / "no_store"))
+
+
+def test_health_report_on_the_demo_workdir(demo_run, tmp_path):
+    """`python -m amylm_jax.report` reads a real run and names every cheat-sheet metric."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "amylm_jax.report",
+            str(demo_run),
+            "--json",
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    for name in (
+        "llm_epoch",
+        "wavlm_epoch",
+        "msspec_epoch",
+        "feat_epoch",
+        "adv_g_epoch",
+        "loss_d_epoch",
+        "loss_g_epoch",
+    ):
+        assert report["metrics"][name]["status"] in ("good", "warning", "critical"), name
+    assert report["phase"] == "adaptation"
+    pngs = list((tmp_path / "plots").glob("*.png"))
+    assert len(pngs) == 7 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
