@@ -133,6 +133,7 @@ def build_models(cfg: TrainConfig, wavlm_dim: int, llm_dim: int) -> Models:
             hop_lengths=d.hop_lengths,
             win_lengths=d.win_lengths,
             dtype=dtype,
+            conv_method=cfg.resolved_disc_conv_method(),
         ),
         wavlm_head=DistillHead(wavlm_dim, kind=cfg.heads.wavlm),
         llm_head=DistillHead(llm_dim, kind=cfg.heads.llm),

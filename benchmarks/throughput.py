@@ -267,7 +267,8 @@ def run_jax(cfg: Any, weights_out: str | None) -> dict[str, Any]:
     result = {
         "device": dev.device_kind,
         "precision": cfg.precision,
-        "disc_conv": FLAGS.disc_conv,
+        "disc_conv": "im2col" if FLAGS.disc_conv == "im2col" else cfg.resolved_disc_conv_method(),
+        "transpose_method": cfg.resolved_transpose_method(),
         "audio_s_per_s": FLAGS.batch * FLAGS.seconds / step_s,
         "step_ms": step_s * 1e3,
         "step_ms_all": [t * 1e3 for t in times],

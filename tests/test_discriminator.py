@@ -148,3 +148,54 @@ def test_bf16_compute_returns_float32_close_to_fp32(disc_and_params, rng):
     for a, b in zip(l32, l16, strict=True):
         # bf16 has an 8-bit mantissa: agreement to a few percent of the logit scale
         assert float(jnp.abs(a - b).max()) <= 0.05 * float(jnp.abs(a).max()) + 1e-3
+
+
+def test_s2d_formulation_equals_lax_forward_and_gradients(disc_and_params, rng):
+    """Space-to-depth strided convs: same logits, fmaps and gradients (params and audio)."""
+    _, params = disc_and_params
+    params = _perturbed(params, rng)
+    audio = jnp.asarray((0.3 * rng.standard_normal((2, 6000))).astype(np.float32))
+
+    def loss(method):
+        disc = MultiScaleSTFTDiscriminator(conv_method=method)
+
+        def f(p, x):
+            logits, fmaps = disc.apply({"params": p}, x)
+            # Weights of different sign per term so no gradient cancels by symmetry.
+            terms = [jnp.mean(lg) for lg in logits]
+            terms += [jnp.mean(jnp.square(f)) * (i + 1) for fm in fmaps for i, f in enumerate(fm)]
+            return sum(terms), (logits, fmaps)
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(params, audio)
+
+    (_, (l_lax, f_lax)), g_lax = loss("lax")
+    (_, (l_s2d, f_s2d)), g_s2d = loss("s2d")
+    for a, b in zip(jax.tree.leaves((l_lax, f_lax)), jax.tree.leaves((l_s2d, f_s2d)), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    flat_lax = jax.tree_util.tree_leaves_with_path(g_lax)
+    for (path, a), b in zip(flat_lax, jax.tree.leaves(g_s2d), strict=True):
+        scale = float(jnp.abs(a).max())
+        assert scale > 0, path
+        # Relative to each gradient's scale: both sum the same products in another order.
+        assert float(jnp.abs(a - b).max()) <= 1e-5 * scale, jax.tree_util.keystr(path)
+
+
+def test_s2d_rejects_frequency_dilation():
+    from amylm_jax.models.discriminator import conv2d_s2d
+
+    x, k = jnp.zeros((1, 4, 16, 2)), jnp.zeros((3, 9, 2, 2))
+    with pytest.raises(ValueError, match="frequency dilation"):
+        conv2d_s2d(x, k, jnp.zeros(2), (1, 2), (1, 2), (1, 8), jnp.float32)
+
+
+def test_disc_conv_method_auto_per_backend():
+    from amylm_jax.config import TrainConfig
+
+    cfg = TrainConfig()
+    assert cfg.resolved_disc_conv_method("cpu") == "s2d"
+    assert cfg.resolved_disc_conv_method("gpu") == "lax"
+    assert cfg.resolved_disc_conv_method("tpu") == "lax"
+    assert TrainConfig(disc_conv_method="lax").resolved_disc_conv_method("cpu") == "lax"
+    with pytest.raises(ValueError, match="disc_conv_method"):
+        TrainConfig(disc_conv_method="fft")

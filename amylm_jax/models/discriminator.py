@@ -13,7 +13,16 @@ initialised to ``||v||`` so ``W = v`` at init. The PyTorch key map lives in
 
 ``dtype`` is the compute dtype of the convolutions (bf16 policy); the STFT is always
 float32 and logits / feature maps are returned as float32. The conv call is the single
-function :func:`conv2d` so alternative layouts can be benchmarked per backend.
+function :func:`conv2d`; ``conv_method`` picks its formulation per backend:
+
+- ``"lax"``: one ``lax.conv_general_dilated`` with the frequency stride in ``window_strides``.
+  Its input gradient is an input-dilated convolution, which XLA:CPU runs on a slow generic
+  path (4-5x the forward for the ``(3, 9)``, stride ``(1, 2)`` layer; benchmarks/RESULTS.md).
+- ``"s2d"`` (space-to-depth): the frequency axis is folded by the stride into the channels,
+  ``[B, M, F, C] -> [B, M, F / s, s C]``, and the kernel's frequency taps are regrouped the same
+  way (zero taps pad ``k_w`` to a multiple of ``s``), giving a stride-1 convolution whose
+  forward and backward are plain convolutions. The same numbers (a sum of the same products),
+  about 11 % more multiply-adds for ``k_w = 9``; several times faster backward on CPU.
 """
 
 from __future__ import annotations
@@ -62,6 +71,48 @@ def conv2d(
     return y + bias.astype(dtype)
 
 
+def conv2d_s2d(
+    x_BxHxWxC: jax.Array,
+    kernel_HWIO: jax.Array,
+    bias: jax.Array,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: tuple[int, int],
+    dtype: Dtype,
+) -> jax.Array:
+    """:func:`conv2d` with the width (frequency) stride done by space-to-depth (see module doc).
+
+    Requires ``dilation[1] == 1``; the height (time) stride and dilation stay in the conv.
+    """
+    s = stride[1]
+    if s == 1:
+        return conv2d(x_BxHxWxC, kernel_HWIO, bias, stride, dilation, padding, dtype)
+    if dilation[1] != 1:
+        raise ValueError(f"space-to-depth needs frequency dilation 1, got {dilation[1]}")
+    kh, kw, c_in, c_out = kernel_HWIO.shape
+    b, h, w, _ = x_BxHxWxC.shape
+    pw = padding[1]
+    w_out = (w + 2 * pw - kw) // s + 1
+    kw_s = -(-kw // s)  # taps per phase
+    width = s * (w_out - 1 + kw_s)  # padded input positions the output reads (a multiple of s)
+    x = jnp.pad(x_BxHxWxC.astype(dtype), ((0, 0), (0, 0), (pw, max(0, width - w - pw)), (0, 0)))
+    x = x[:, :, :width].reshape(b, h, width // s, s * c_in)
+    k = jnp.pad(kernel_HWIO.astype(dtype), ((0, 0), (0, s * kw_s - kw), (0, 0), (0, 0)))
+    k = k.reshape(kh, kw_s, s * c_in, c_out)
+    y = jax.lax.conv_general_dilated(
+        x,
+        k,
+        window_strides=(stride[0], 1),
+        padding=[(padding[0], padding[0]), (0, 0)],
+        rhs_dilation=(dilation[0], 1),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + bias.astype(dtype)
+
+
+CONV_METHODS = {"lax": conv2d, "s2d": conv2d_s2d}
+
+
 def weight_norm_kernel(v_HWIO: jax.Array, g_O: jax.Array) -> jax.Array:
     """Effective kernel ``g * v / ||v||``, norm per output channel over ``(kh, kw, in)``.
 
@@ -81,9 +132,12 @@ class STFTConv(nn.Module):
     dilation: tuple[int, int] = (1, 1)
     weight_norm: bool = True
     dtype: Dtype = jnp.float32
+    conv_method: str = "lax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.conv_method not in CONV_METHODS:
+            raise ValueError(f"conv_method must be one of {sorted(CONV_METHODS)}")
         kh, kw = self.kernel_size
         c_in = x.shape[-1]
         init = torch_default_init(c_in * kh * kw)
@@ -100,7 +154,9 @@ class STFTConv(nn.Module):
         padding = tuple(
             ((k - 1) * d) // 2 for k, d in zip(self.kernel_size, self.dilation, strict=True)
         )
-        return conv2d(x, kernel, bias, self.stride, self.dilation, padding, self.dtype)
+        # Looked up at call time so a benchmark can swap the module-level functions.
+        conv = conv2d_s2d if self.conv_method == "s2d" else conv2d
+        return conv(x, kernel, bias, self.stride, self.dilation, padding, self.dtype)
 
 
 class DiscriminatorSTFT(nn.Module):
@@ -113,6 +169,7 @@ class DiscriminatorSTFT(nn.Module):
     negative_slope: float = 0.3
     normalized: bool = True
     dtype: Dtype = jnp.float32
+    conv_method: str = "lax"
 
     @nn.compact
     def __call__(self, audio_BxN: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
@@ -120,13 +177,22 @@ class DiscriminatorSTFT(nn.Module):
         z = jnp.stack([jnp.real(spec), jnp.imag(spec)], axis=-1)  # [B, M, F, 2]
         fmaps = []
         for i, (kernel, stride, dilation, wn) in enumerate(_LAYERS):
-            z = STFTConv(self.filters, kernel, stride, dilation, wn, self.dtype, name=f"convs_{i}")(
-                z
-            )
+            z = STFTConv(
+                self.filters,
+                kernel,
+                stride,
+                dilation,
+                wn,
+                self.dtype,
+                self.conv_method,
+                name=f"convs_{i}",
+            )(z)
             z = nn.leaky_relu(z, self.negative_slope)
             fmaps.append(z.astype(jnp.float32))
         kernel, stride, dilation, wn = _POST
-        logits = STFTConv(1, kernel, stride, dilation, wn, self.dtype, name="conv_post")(z)
+        logits = STFTConv(
+            1, kernel, stride, dilation, wn, self.dtype, self.conv_method, name="conv_post"
+        )(z)
         return logits.astype(jnp.float32), fmaps
 
 
@@ -143,6 +209,7 @@ class MultiScaleSTFTDiscriminator(nn.Module):
     win_lengths: Sequence[int] = (1024, 2048, 512, 256, 128)
     negative_slope: float = 0.3
     dtype: Dtype = jnp.float32
+    conv_method: str = "lax"
 
     @nn.compact
     def __call__(self, audio_BxN: jax.Array) -> tuple[list[jax.Array], list[list[jax.Array]]]:
@@ -159,6 +226,7 @@ class MultiScaleSTFTDiscriminator(nn.Module):
                 win,
                 self.negative_slope,
                 dtype=self.dtype,
+                conv_method=self.conv_method,
                 name=f"discs_{k}",
             )(audio_BxN)
             logits.append(lg)
