@@ -16,7 +16,10 @@ median step), ``step_ms`` (median), ``compile_s`` (JAX), ``peak_mem_mb`` (device
 GPU, else the process's peak RSS), ``flops_per_step`` (JAX: XLA's cost analysis of the compiled
 step; PyTorch: ``torch.utils.flop_counter`` over one step, convolutions and matmuls only) and
 ``mfu`` (against the device's peak FLOP/s for the math mode; null on CPU); top-level
-``ratio`` = JAX audio-s/s / PyTorch audio-s/s.
+``ratio`` = JAX audio-s/s / PyTorch audio-s/s. ``losses`` are the first step's on each side:
+the same weights and batch, so they agree (a check that both sides run the same step).
+``disc_conv`` / ``transpose_method`` record the JAX formulations in use (``"auto"`` resolved
+for the backend; see ``benchmarks/formulations.py``).
 
 ``--profile`` adds per-component timings of the JAX step (codec forward / forward+backward,
 each discriminator scale forward / forward+backward on real+fake, msspec) and the same parts
@@ -245,16 +248,20 @@ def run_jax(cfg: Any, weights_out: str | None) -> dict[str, Any]:
     t2 = time.perf_counter()
     mem = compiled.memory_analysis()
 
+    first = []
+
     def one():
         nonlocal state
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
+        if not first:
+            first.append(jax.device_get(metrics))
         return metrics
 
     for _ in range(FLAGS.warmup):
-        metrics = one()
+        one()
     times = _time(one, FLAGS.steps)
-    metrics = jax.device_get(one())
+    metrics = first[0]
     step_s = statistics.median(times)
     dev = jax.devices()[0]
     on_gpu = dev.platform == "gpu"
@@ -318,9 +325,13 @@ def run_torch(cfg: Any, weights: str | None) -> dict[str, Any]:
         if device == "cuda":
             torch.cuda.synchronize()
 
+    first = []
+
     def one():
         losses = trainer.train_step(audio, wavlm, llm)
         sync()
+        if not first:
+            first.append({k: float(v) for k, v in losses.items()})
         return losses
 
     flops = None
@@ -338,7 +349,7 @@ def run_torch(cfg: Any, weights: str | None) -> dict[str, Any]:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = _time(one, FLAGS.steps)
-    losses = one()
+    losses = first[0]
     step_s = statistics.median(times)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb()

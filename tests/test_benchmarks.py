@@ -1,0 +1,109 @@
+"""The benchmark scripts run end to end on the demo config and keep their JSON contracts.
+
+Each runs as its own process (as a user runs it) on the tiny demo codec, so these check the
+plumbing, not speed: the figures themselves live in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], timeout: int = 600) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_throughput_json_contract(tmp_path):
+    out = tmp_path / "tp.json"
+    stdout = _run(
+        [
+            "benchmarks/throughput.py",
+            "--config=configs/demo.py",
+            "--batch=2",
+            "--seconds=0.5",
+            "--steps=1",
+            "--warmup=0",
+            f"--json={out}",
+        ]
+    )
+    res = json.loads(out.read_text())
+    assert {"jax", "torch", "ratio"} <= set(res)
+    for side in ("jax", "torch"):
+        r = res[side]
+        for key in ("audio_s_per_s", "step_ms", "compile_s", "peak_mem_mb", "flops_per_step"):
+            assert key in r, (side, key)
+        assert r["audio_s_per_s"] == pytest.approx(2 * 0.5 / (r["step_ms"] / 1e3))
+        assert r["flops_per_step"] > 0 and r["peak_mem_mb"] > 0
+        assert "mfu" in r  # null on CPU
+    assert res["ratio"] == pytest.approx(
+        res["jax"]["audio_s_per_s"] / res["torch"]["audio_s_per_s"]
+    )
+    # The per-backend formulations in use are recorded with the figures.
+    assert res["jax"]["disc_conv"] == "s2d" and res["jax"]["transpose_method"] == "polyphase"
+    assert "ratio (JAX / PyTorch audio-s/s)" in stdout
+    # Same weights and batch on both sides: the first step's losses agree.
+    for k in ("loss_g", "loss_d", "msspec"):
+        # A smoke-level check; tests/test_torch_baseline.py holds all seven losses to 1e-4.
+        assert res["jax"]["losses"][k] == pytest.approx(res["torch"]["losses"][k], rel=1e-3), k
+
+
+def test_formulations_table_and_json(tmp_path):
+    out = tmp_path / "form.json"
+    stdout = _run(
+        [
+            "benchmarks/formulations.py",
+            "--config=configs/demo.py",
+            "--batch=1",
+            "--seconds=0.5",
+            "--reps=1",
+            f"--json={out}",
+        ]
+    )
+    res = json.loads(out.read_text())
+    expected = {
+        "decoder": ("dilated", "polyphase"),
+        "disc": ("lax", "s2d"),
+        "stft": ("fft", "matmul"),
+        "encoder": ("frozen", "trainable"),
+    }
+    for section, variants in expected.items():
+        for v in variants:
+            assert res[section][v]["fwd_ms"] > 0 and res[section][v]["fwd_bwd_ms"] > 0
+            assert f"{section:10s} {v:16s}" in stdout
+    assert res["vq"]["segment_sum"]["fwd_ms"] > 0
+    # The one-hot matmul (HIGHEST precision) gives the scatter-add's statistics.
+    assert res["vq"]["one_hot_matmul"]["max_abs_diff"] < 1e-4
+    assert res["_meta"]["backend"] == "cpu"
+
+
+def test_formulations_rejects_unknown_section():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/formulations.py", "--config=configs/demo.py", "--only=fft"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "unknown sections ['fft']" in proc.stderr
