@@ -13,8 +13,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import importlib.util  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -26,3 +32,55 @@ def pytest_configure(config):
     import jax
 
     jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def load_config(name: str):
+    """A fresh ``ConfigDict`` from ``configs/<name>.py`` (as ``--config=`` loads it)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_config", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _build_demo_checkpoint(workdir: Path) -> None:
+    from amylm_jax import train
+
+    config = load_config("demo")
+    config.max_steps = 2
+    config.checkpoint.every_steps = 2
+    config.eval_every_steps = 0
+    config.steps_per_epoch = 2
+    # The tests run on 8 virtual devices and the global batch is split over all of them.
+    config.data.batch_size = 8
+    config.data.segment_seconds = 0.64  # 8 frames; about the demo's 4 x 1 s of audio per step
+    train.train_and_evaluate(train.config_from_dict(config), str(workdir))
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory) -> Path:
+    """A 2-step demo run with one checkpoint (step 2), built once per test session.
+
+    Under pytest-xdist every worker sees the same directory (a file lock makes the first one
+    build it), so the run is trained once, not once per test module. Treat it as read-only;
+    take :func:`demo_checkpoint_copy` to write into a workdir.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by all workers of this session
+    target = root / "demo_checkpoint"
+    with FileLock(str(target) + ".lock"):
+        if not (target / "BUILT").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            _build_demo_checkpoint(target)
+            (target / "BUILT").touch()
+    return target
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint_copy(demo_checkpoint, tmp_path_factory) -> Path:
+    """A private copy of :func:`demo_checkpoint` that a test module may write into."""
+    dst = tmp_path_factory.mktemp("demo_run") / "run"
+    shutil.copytree(demo_checkpoint, dst, ignore=shutil.ignore_patterns("BUILT"))
+    return dst

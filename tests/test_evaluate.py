@@ -7,20 +7,16 @@ few validation clips; WER goes through an injected transcriber, never a real ASR
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import math
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from amylm_jax import eval_metrics as em
 from amylm_jax import evaluate as ev
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------- waveforms
@@ -125,22 +121,9 @@ def test_corpus_wer():
 
 # ------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A 2-step demo run with one checkpoint (step 2)."""
-    from amylm_jax import train
-
-    spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.max_steps = 2
-    config.checkpoint.every_steps = 2
-    config.eval_every_steps = 0
-    config.steps_per_epoch = 2
-    config.data.batch_size = 8  # divisible by the 8 virtual devices
-    config.data.segment_seconds = 0.64
-    workdir = str(tmp_path_factory.mktemp("eval_run"))
-    train.train_and_evaluate(train.config_from_dict(config), workdir)
+def run(demo_checkpoint_copy):
+    """A private copy of the shared 2-step demo run (checkpoint at step 2); evaluate writes here."""
+    workdir = str(demo_checkpoint_copy)
     return workdir
 
 

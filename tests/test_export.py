@@ -14,7 +14,6 @@ gap to the runner-up > 1e-5, computed in float64); the parity checks on them are
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import subprocess
@@ -39,21 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A 2-step demo run: (workdir, TrainConfig, TrainState)."""
-    spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.max_steps = 2
-    config.checkpoint.every_steps = 2
-    config.eval_every_steps = 0
-    config.steps_per_epoch = 2
-    # The tests run on 8 virtual devices and the global batch is split over all of them.
-    config.data.batch_size = 8
-    config.data.segment_seconds = 0.64  # 8 frames; about the demo's 4 x 1 s of audio per step
-    workdir = str(tmp_path_factory.mktemp("demo_run"))
-    train.train_and_evaluate(train.config_from_dict(config), workdir)
+def run(demo_checkpoint):
+    """The shared 2-step demo run: (workdir, TrainConfig, TrainState)."""
+    workdir = str(demo_checkpoint)
     cfg, state = train.restore_run_state(workdir)
     return workdir, cfg, state
 

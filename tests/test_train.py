@@ -154,18 +154,8 @@ def test_phase2_starts_from_phase1_and_logs_zero_msspec(demo_run, tmp_path):
 
 
 def test_missing_weights_or_store_gives_clear_errors(tmp_path):
-    from ml_collections import config_flags  # noqa: F401  (imported for config loading)
-
-    sys.path.insert(0, str(ROOT))
     from amylm_jax.train import config_from_dict
-
-    def load(name):
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.get_config()
+    from tests.conftest import load_config as load
 
     cfg = load("adapt")
     with pytest.raises(ValueError, match="mimi_weights=PATH"):
