@@ -29,7 +29,6 @@ numpy dicts (parameters, codebook buffers and the Adam moments) for comparisons.
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ _TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
+from mimi_reference import moshi_config  # noqa: E402
 from torch_reference import (  # noqa: E402
     TorchMSSTFTDiscriminator,
     torch_discriminator_loss,
@@ -60,47 +60,6 @@ LOSS_NAMES = ("loss_g", "loss_d", "adv_g", "feat", "wavlm", "llm", "msspec")
 
 
 # ------------------------------------------------------------------------------ the codec
-def moshi_mimi_config(codec: CodecConfig) -> dict:
-    """moshi ``get_mimi`` config dict for ``codec`` (its own quantizer is replaced later)."""
-    from moshi.models import loaders
-
-    cfg = copy.deepcopy(loaders._mimi_config)
-    s, t, q = codec.seanet, codec.transformer, codec.quantizer
-    cfg["sample_rate"] = codec.sample_rate
-    cfg["frame_rate"] = codec.frame_rate
-    cfg["seanet"].update(
-        channels=s.channels,
-        dimension=s.dimension,
-        n_filters=s.n_filters,
-        n_residual_layers=s.n_residual_layers,
-        ratios=list(s.ratios),
-        kernel_size=s.kernel_size,
-        residual_kernel_size=s.residual_kernel_size,
-        last_kernel_size=s.last_kernel_size,
-        dilation_base=s.dilation_base,
-        compress=s.compress,
-    )
-    cfg["transformer"].update(
-        d_model=t.d_model,
-        num_heads=t.num_heads,
-        num_layers=t.num_layers,
-        dim_feedforward=t.dim_feedforward,
-        context=t.context,
-        max_period=t.max_period,
-        layer_scale=t.layer_scale,
-        input_dimension=s.dimension,
-        output_dimensions=[s.dimension],
-    )
-    cfg["quantizer"].update(
-        dimension=q.dimension,
-        n_q=q.n_q - 1,  # placeholder Kyutai quantizer; replaced by the Amy split below
-        bins=q.bins,
-        input_dimension=q.input_dimension,
-        output_dimension=q.output_dimension,
-    )
-    return cfg
-
-
 def build_torch_codec(codec: CodecConfig, device: str = "cpu") -> nn.Module:
     """moshi Mimi with Amy's split quantizer (``n_q`` slots, ``n_q_first`` in ``rvq_first``).
 
@@ -112,7 +71,7 @@ def build_torch_codec(codec: CodecConfig, device: str = "cpu") -> nn.Module:
     if not codec.upsample_depthwise:
         raise NotImplementedError("moshi's Mimi only has the depthwise (channel-wise) upsample")
     q = codec.quantizer
-    mimi_cfg = moshi_mimi_config(codec)
+    mimi_cfg = moshi_config(codec)
     n_books = min(8, mimi_cfg["quantizer"]["n_q"])  # moshi's own quantizer, replaced below
     model = get_mimi(None, mimi_config=mimi_cfg, device=device, num_codebooks=n_books)
     model.quantizer = SplitResidualVectorQuantizer(

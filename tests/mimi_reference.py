@@ -22,6 +22,8 @@ def moshi_config(config: CodecConfig) -> dict:
 
     cfg = copy.deepcopy(loaders._mimi_config)
     s, t, q = config.seanet, config.transformer, config.quantizer
+    cfg["sample_rate"] = config.sample_rate
+    cfg["frame_rate"] = config.frame_rate
     cfg["seanet"].update(
         channels=s.channels,
         dimension=s.dimension,
@@ -40,6 +42,8 @@ def moshi_config(config: CodecConfig) -> dict:
         num_layers=t.num_layers,
         dim_feedforward=t.dim_feedforward,
         context=t.context,
+        max_period=t.max_period,
+        layer_scale=t.layer_scale,
         input_dimension=s.dimension,
         output_dimensions=[s.dimension],
     )
