@@ -10,6 +10,10 @@
 # --dry_run prints the commands, one per line, and starts nothing.
 set -euo pipefail
 
+# die, quote, quote_all, need_value, run_cmd
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 PROG=launch/local_multiprocess.sh
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -29,33 +33,6 @@ Flags (environment variable in brackets)
   --dry_run                print the commands instead of running them
   -h, --help               this help
 EOF
-}
-
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 2
-}
-
-quote() {
-  local s=$1
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//"'"/"'\\''"}"
-  fi
-}
-
-quote_all() {
-  local out="" a
-  for a in "$@"; do
-    out+="${out:+ }$(quote "$a")"
-  done
-  printf '%s' "$out"
-}
-
-need_value() {
-  [[ $1 == *=* ]] || die "flag ${1} needs a value: ${1}=VALUE"
-  printf '%s' "${1#*=}"
 }
 
 NUM_PROCESSES=${NUM_PROCESSES:-2}

@@ -9,6 +9,10 @@
 # would run (mkdir for the log folder, sbatch), and submits nothing. See launch/README.md.
 set -euo pipefail
 
+# die, quote, quote_all, need_value, run_cmd
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 PROG=launch/slurm_submit.sh
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCRIPT="${REPO}/launch/slurm_gpu.sbatch"
@@ -36,41 +40,6 @@ Flags (environment variable in brackets)
   --dry_run              print what would run, submit nothing
   -h, --help             this help
 EOF
-}
-
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 2
-}
-
-quote() {
-  local s=$1
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//"'"/"'\\''"}"
-  fi
-}
-
-quote_all() {
-  local out="" a
-  for a in "$@"; do
-    out+="${out:+ }$(quote "$a")"
-  done
-  printf '%s' "$out"
-}
-
-run_cmd() {
-  if [[ $DRY_RUN == 1 ]]; then
-    printf '%s\n' "$(quote_all "$@")"
-  else
-    "$@"
-  fi
-}
-
-need_value() {
-  [[ $1 == *=* ]] || die "flag ${1} needs a value: ${1}=VALUE"
-  printf '%s' "${1#*=}"
 }
 
 # Absolute path of a path that may not exist yet (relative to the current directory).

@@ -17,6 +17,10 @@
 # See launch/README.md for a whole run, from create to delete.
 set -euo pipefail
 
+# die, quote, quote_all, need_value, run_cmd
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 PROG=launch/tpu_pod.sh
 
 usage() {
@@ -66,38 +70,6 @@ Flags (environment variable in brackets)
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 2
-}
-
-# Quote one word for a POSIX shell: bare when it is plainly safe, otherwise in single quotes.
-quote() {
-  local s=$1
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//"'"/"'\\''"}"
-  fi
-}
-
-quote_all() {
-  local out="" a
-  for a in "$@"; do
-    out+="${out:+ }$(quote "$a")"
-  done
-  printf '%s' "$out"
-}
-
-# Run a command, or print it (one line, quoted) under --dry_run.
-run_cmd() {
-  if [[ $DRY_RUN == 1 ]]; then
-    printf '%s\n' "$(quote_all "$@")"
-  else
-    "$@"
-  fi
-}
-
 TPU_NAME=${TPU_NAME:-}
 ZONE=${ZONE:-}
 PROJECT=${PROJECT:-}
@@ -121,11 +93,6 @@ DRY_RUN=0
 CMD=""
 EXTRA=()
 ENVS=()
-
-need_value() {
-  [[ $1 == *=* ]] || die "flag ${1} needs a value: ${1}=VALUE"
-  printf '%s' "${1#*=}"
-}
 
 while (($#)); do
   arg=$1
