@@ -31,6 +31,7 @@ _DIMS = ("NWC", "WIO", "NWC")
 def torch_uniform_init(fan_in: int) -> nn.initializers.Initializer:
     """PyTorch's default Conv/Linear init, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
 
+    ``kaiming_uniform_(a=sqrt(5))`` reduces to this bound for weights; biases use it directly.
     Used so that freshly initialised modules have the same scale as the original's.
     """
     bound = 1.0 / math.sqrt(max(fan_in, 1))

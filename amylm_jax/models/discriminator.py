@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from amylm_jax.losses.spectral import stft
-from amylm_jax.models.heads import torch_default_init
+from amylm_jax.models.conv import torch_uniform_init
 
 Dtype = Any
 
@@ -185,7 +185,7 @@ class STFTConv(nn.Module):
             raise ValueError(f"conv_method must be one of {sorted(CONV_METHODS)}")
         kh, kw = self.kernel_size
         c_in = x.shape[-1]
-        init = torch_default_init(c_in * kh * kw)
+        init = torch_uniform_init(c_in * kh * kw)
         shape = (kh, kw, c_in, self.features)
         if self.weight_norm:
             v = self.param("kernel_v", init, shape)

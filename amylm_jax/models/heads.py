@@ -31,7 +31,6 @@ ones/zeros) so a fresh head starts at the original's scale.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import jax
@@ -39,22 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from amylm_jax.models.conv import torch_uniform_init
+
 Dtype = Any
 HeadKind = Literal["linear", "mlp", "mlp_v2", "conv"]
 HEAD_KINDS: tuple[str, ...] = ("linear", "mlp", "mlp_v2", "conv")
-
-
-def torch_default_init(fan_in: int) -> nn.initializers.Initializer:
-    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's default Linear/Conv weight and bias init.
-
-    (``kaiming_uniform_(a=sqrt(5))`` reduces to this bound for weights; biases use it directly.)
-    """
-    bound = 1.0 / math.sqrt(max(fan_in, 1))
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 class TorchDense(nn.Module):
@@ -66,7 +54,7 @@ class TorchDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         fan_in = x.shape[-1]
-        init = torch_default_init(fan_in)
+        init = torch_uniform_init(fan_in)
         kernel = self.param("kernel", init, (fan_in, self.features))
         bias = self.param("bias", init, (self.features,))
         y = jnp.matmul(x.astype(self.dtype), kernel.astype(self.dtype))
@@ -84,7 +72,7 @@ class TorchConv1d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         fan_in = x.shape[-1] * self.kernel_size
-        init = torch_default_init(fan_in)
+        init = torch_uniform_init(fan_in)
         kernel = self.param("kernel", init, (self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", init, (self.features,))
         y = jax.lax.conv_general_dilated(
