@@ -39,6 +39,10 @@ STFT_N_FFTS = (2048, 1024, 512, 256, 128, 64)
 PESQ_RATE = 16000
 
 
+#: Per-clip signal metrics of every decode variant, in report order.
+METRICS = ("si_sdr", "mel_distance", "stft_distance", "stoi", "pesq")
+
+
 def settings() -> dict[str, Any]:
     """The metric parameters, written into every result."""
     return {

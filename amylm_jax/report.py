@@ -17,20 +17,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from amylm_jax.report_plots import write_plots  # noqa: F401  (part of this module's API)
 from amylm_jax.report_rules import (
     AUDIO_TIP,
     CRITICAL,
     DEFAULT_ALPHAS,
-    GOOD,
     RULES,
     SEVERITY,
-    WARNING,
     Diagnosis,
     canonical_name,
     discriminator_balance,
@@ -347,48 +345,6 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"      cause: {diag['cause']}")
         lines += [f"      fix:   {fix}" for fix in diag["fixes"]]
     return "\n".join(lines)
-
-
-_BAND_COLOURS = {GOOD: "#2ca02c", WARNING: "#ff7f0e", CRITICAL: "#d62728"}
-
-
-def write_plots(log: RunLog, out_dir: str | Path) -> list[Path]:
-    """One PNG per quick-reference metric (steps left, epochs right), status bands shaded."""
-    from matplotlib.figure import Figure  # optional dependency, only needed for plots
-    from matplotlib.ticker import MaxNLocator
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, rule in RULES.items():
-        series = {"step": log.steps.get(name, []), "epoch": log.epochs.get(name, [])}
-        if not any(series.values()):
-            continue
-        values = [v for pts in series.values() for _, v in pts if math.isfinite(v)]
-        edges = [e for b in rule.bands for e in (b.lo, b.hi) if math.isfinite(e)]
-        lo, hi = min(values + edges), max(values + edges)
-        pad = 0.1 * (hi - lo) or 0.1
-        lo, hi = lo - pad, hi + pad
-        fig = Figure(figsize=(10, 3.5))
-        for i, (axis, pts) in enumerate(series.items()):
-            ax = fig.add_subplot(1, 2, i + 1)
-            for band in rule.bands:
-                colour = _BAND_COLOURS[band.status]
-                ax.axhspan(max(band.lo, lo), min(band.hi, hi), color=colour, alpha=0.15, lw=0)
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o" if axis == "epoch" else None)
-            else:
-                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-            ax.set_ylim(lo, hi)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel(axis)
-            ax.set_title(f"train/{name.removesuffix('_epoch')}_{axis}")
-        fig.tight_layout()
-        path = out / f"{name}.png"
-        fig.savefig(path, format="png")
-        written.append(path)
-    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:

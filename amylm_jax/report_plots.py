@@ -1,0 +1,56 @@
+"""Plots of a training run's quick-reference metrics with their status bands shaded.
+
+Used by ``python -m amylm_jax.report --plots``; matplotlib is imported only when plotting.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from amylm_jax.report_rules import CRITICAL, GOOD, RULES, WARNING
+
+if TYPE_CHECKING:
+    from amylm_jax.report import RunLog
+
+_BAND_COLOURS = {GOOD: "#2ca02c", WARNING: "#ff7f0e", CRITICAL: "#d62728"}
+
+
+def write_plots(log: RunLog, out_dir: str | Path) -> list[Path]:
+    """One PNG per quick-reference metric (steps left, epochs right), status bands shaded."""
+    from matplotlib.figure import Figure  # optional dependency, only needed for plots
+    from matplotlib.ticker import MaxNLocator
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rule in RULES.items():
+        series = {"step": log.steps.get(name, []), "epoch": log.epochs.get(name, [])}
+        if not any(series.values()):
+            continue
+        values = [v for pts in series.values() for _, v in pts if math.isfinite(v)]
+        edges = [e for b in rule.bands for e in (b.lo, b.hi) if math.isfinite(e)]
+        lo, hi = min(values + edges), max(values + edges)
+        pad = 0.1 * (hi - lo) or 0.1
+        lo, hi = lo - pad, hi + pad
+        fig = Figure(figsize=(10, 3.5))
+        for i, (axis, pts) in enumerate(series.items()):
+            ax = fig.add_subplot(1, 2, i + 1)
+            for band in rule.bands:
+                colour = _BAND_COLOURS[band.status]
+                ax.axhspan(max(band.lo, lo), min(band.hi, hi), color=colour, alpha=0.15, lw=0)
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o" if axis == "epoch" else None)
+            else:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            ax.set_ylim(lo, hi)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel(axis)
+            ax.set_title(f"train/{name.removesuffix('_epoch')}_{axis}")
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, format="png")
+        written.append(path)
+    return written
