@@ -199,3 +199,39 @@ def test_disc_conv_method_auto_per_backend():
     assert TrainConfig(disc_conv_method="lax").resolved_disc_conv_method("cpu") == "lax"
     with pytest.raises(ValueError, match="disc_conv_method"):
         TrainConfig(disc_conv_method="fft")
+
+
+@pytest.mark.parametrize(
+    "width,kernel,stride,dilation",
+    [
+        (64, (3, 9), (1, 2), (1, 1)),  # even width
+        (65, (3, 9), (1, 2), (2, 1)),  # odd width, time dilation
+        (20, (3, 8), (1, 2), (4, 1)),  # even kernel width
+        (31, (3, 9), (1, 3), (1, 1)),  # stride 3
+        (17, (3, 5), (2, 2), (1, 1)),  # time stride as well
+    ],
+)
+def test_conv2d_s2d_equals_strided_conv(width, kernel, stride, dilation, rng):
+    """The space-to-depth input gradient: same output, input and kernel gradients as lax."""
+    from amylm_jax.models.discriminator import conv2d, conv2d_s2d
+
+    kh, kw = kernel
+    x = jnp.asarray(rng.standard_normal((2, 11, width, 3)).astype(np.float32))
+    k = jnp.asarray(rng.standard_normal((kh, kw, 3, 4)).astype(np.float32))
+    b = jnp.asarray(rng.standard_normal(4).astype(np.float32))
+    padding = (((kh - 1) * dilation[0]) // 2, (kw - 1) // 2)
+
+    def run(conv):
+        def f(x, k, b):
+            y = conv(x, k, b, stride, dilation, padding, jnp.float32)
+            return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+
+        (_, y), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(x, k, b)
+        return y, grads
+
+    y_ref, g_ref = run(conv2d)
+    y, g = run(conv2d_s2d)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
+    for a, r in zip(g, g_ref, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-5, atol=1e-5)
