@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py --config=configs/adapt.py --batch=4 --seconds=1.0 \\
         --json=/tmp/tp.json [--steps=5] [--warmup=2] [--precision=fp32|bf16] [--skip_torch] \\
-        [--torch_precision=fp32|tf32|bf16] [--profile] [--disc_conv=lax|im2col]
+        [--torch_precision=fp32|tf32|bf16] [--profile] [--disc_conv=config|im2col]
 
 Both sides start from the same random weights (no weights file: ``init.mimi_weights`` is
 forced to none) with every codebook slot initialised (random centroids, ``initialized = 1``),
@@ -67,7 +67,13 @@ def _define_flags() -> None:
     )
     flags.DEFINE_bool("skip_torch", False, "Measure JAX only.")
     flags.DEFINE_bool("profile", False, "Also time the parts of the step.")
-    flags.DEFINE_enum("disc_conv", "lax", ["lax", "im2col"], "Discriminator conv (JAX).")
+    flags.DEFINE_enum(
+        "disc_conv",
+        "config",
+        ["config", "im2col"],
+        "Discriminator conv (JAX): the config's disc_conv_method (set it with "
+        "--config.disc_conv_method=lax|s2d|auto), or the im2col prototype.",
+    )
     flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Internal: which side to run.")
     flags.DEFINE_string("weights", None, "Internal: initial weights (.npz, PyTorch layout).")
     flags.DEFINE_integer("seed", 0, "Seed of the weights and the batch.")
