@@ -293,6 +293,22 @@ class CheckpointConfig:
     async_save: bool = True
 
 
+# What "auto" means per JAX backend (None = any other backend); benchmarks/formulations.py.
+_AUTO_TRANSPOSE = {"tpu": "dilated", None: "polyphase"}
+_AUTO_DISC_CONV = {"cpu": "s2d", None: "lax"}
+
+
+def _resolve_auto(value: str, choices: dict[str | None, str], platform: str | None) -> str:
+    """``value`` itself unless it is ``"auto"``; then the choice for ``platform``."""
+    if value != "auto":
+        return value
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    return choices.get(platform, choices[None])
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs (the library view of ``configs/*.py``)."""
@@ -346,20 +362,8 @@ class TrainConfig:
 
     def resolved_transpose_method(self, platform: str | None = None) -> str:
         """The formulation for ``platform`` (default: JAX's default backend)."""
-        if self.transpose_method != "auto":
-            return self.transpose_method
-        if platform is None:
-            import jax
-
-            platform = jax.default_backend()
-        return "dilated" if platform == "tpu" else "polyphase"
+        return _resolve_auto(self.transpose_method, _AUTO_TRANSPOSE, platform)
 
     def resolved_disc_conv_method(self, platform: str | None = None) -> str:
         """The discriminator conv formulation for ``platform`` (default: JAX's backend)."""
-        if self.disc_conv_method != "auto":
-            return self.disc_conv_method
-        if platform is None:
-            import jax
-
-            platform = jax.default_backend()
-        return "s2d" if platform == "cpu" else "lax"
+        return _resolve_auto(self.disc_conv_method, _AUTO_DISC_CONV, platform)

@@ -197,6 +197,11 @@ def test_disc_conv_method_auto_per_backend():
     assert cfg.resolved_disc_conv_method("gpu") == "lax"
     assert cfg.resolved_disc_conv_method("tpu") == "lax"
     assert TrainConfig(disc_conv_method="lax").resolved_disc_conv_method("cpu") == "lax"
+    # The transposed-conv choice shares the same "auto" mechanism.
+    assert cfg.resolved_transpose_method("cpu") == "polyphase"
+    assert cfg.resolved_transpose_method("gpu") == "polyphase"
+    assert cfg.resolved_transpose_method("tpu") == "dilated"
+    assert TrainConfig(transpose_method="dilated").resolved_transpose_method("cpu") == "dilated"
     with pytest.raises(ValueError, match="disc_conv_method"):
         TrainConfig(disc_conv_method="fft")
 

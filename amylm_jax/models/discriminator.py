@@ -94,14 +94,8 @@ def _space_to_depth_conv(
     x = x[:, :, :width].reshape(b, h, width // s, s * c_in)
     k = jnp.pad(kernel_HWIO.astype(dtype), ((0, 0), (0, s * kw_s - kw), (0, 0), (0, 0)))
     k = k.reshape(kh, kw_s, s * c_in, c_out)
-    return jax.lax.conv_general_dilated(
-        x,
-        k,
-        window_strides=(stride[0], 1),
-        padding=[(padding[0], padding[0]), (0, 0)],
-        rhs_dilation=(dilation[0], 1),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    zero = jnp.zeros((), dtype)
+    return conv2d(x, k, zero, (stride[0], 1), (dilation[0], 1), (padding[0], 0), dtype)
 
 
 def _strided_conv(x, kernel, stride, dilation, padding, dtype):
@@ -156,7 +150,8 @@ def conv2d_s2d(
     return y + bias.astype(dtype)
 
 
-CONV_METHODS = {"lax": conv2d, "s2d": conv2d_s2d}
+#: ``conv_method`` values: :func:`conv2d` and :func:`conv2d_s2d`.
+CONV_METHODS = ("lax", "s2d")
 
 
 def weight_norm_kernel(v_HWIO: jax.Array, g_O: jax.Array) -> jax.Array:
@@ -183,7 +178,7 @@ class STFTConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.conv_method not in CONV_METHODS:
-            raise ValueError(f"conv_method must be one of {sorted(CONV_METHODS)}")
+            raise ValueError(f"conv_method must be one of {CONV_METHODS}")
         kh, kw = self.kernel_size
         c_in = x.shape[-1]
         init = torch_uniform_init(c_in * kh * kw)
