@@ -39,7 +39,6 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_DEVICES}"
 ).strip()
 
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from absl import app, flags  # noqa: E402
@@ -57,15 +56,11 @@ flags.DEFINE_float("seconds", 1.0, "Crop length in seconds.")
 WAVLM_DIM, LLM_DIM = 1024, 2048
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:10.1f} MiB"
-
-
 def main(argv: list[str]) -> None:
     del argv
     import jax
     import jax.numpy as jnp
-    from throughput import _flops_of, step_function, train_config
+    from throughput import _flops_of, _memory_dict, lower_and_compile, step_function, train_config
 
     from amylm_jax.sharding import batch_sharding, make_mesh, replicated, state_shardings
     from amylm_jax.state import build_models, create_state, init_params
@@ -97,12 +92,8 @@ def main(argv: list[str]) -> None:
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
-    t0 = time.perf_counter()
-    lowered = step.lower(abstract, abstract_batch)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    mem = compiled.memory_analysis()
+    compiled, lower_s, compile_s = lower_and_compile(step, abstract, abstract_batch)
+    mem = _memory_dict(compiled.memory_analysis())
     flops = _flops_of(compiled)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.gen_params))
     n_disc = sum(x.size for x in jax.tree_util.tree_leaves(abstract.disc_params))
@@ -110,18 +101,13 @@ def main(argv: list[str]) -> None:
     per_device = batch // mesh.size
     print(f"precision {cfg.precision}, {FLAGS.seconds} s crops, per-device batch {per_device}")
     print(f"generator params {n_params / 1e6:.1f} M, discriminator params {n_disc / 1e6:.2f} M")
-    print(f"lower {t1 - t0:.1f} s, compile {t2 - t1:.1f} s")
+    print(f"lower {lower_s:.1f} s, compile {compile_s:.1f} s")
     if mem is not None:
         print("memory per device (XLA:CPU buffer assignment):")
-        total = 0
-        for name in ("argument", "output", "alias", "temp", "generated_code"):
-            attr = f"{name}_size_in_bytes"
-            if hasattr(mem, attr):
-                value = getattr(mem, attr)
-                print(f"  {name:15s}{_mib(value)}")
-        total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-        total -= getattr(mem, "alias_size_in_bytes", 0)
-        print(f"  {'peak estimate':15s}{_mib(total)}  (argument + output - alias + temp)")
+        for name, mib in mem.items():
+            print(f"  {name:15s}{mib:10.1f} MiB")
+        total = mem["argument"] + mem["output"] + mem["temp"] - mem.get("alias", 0.0)
+        print(f"  {'peak estimate':15s}{total:10.1f} MiB  (argument + output - alias + temp)")
     if flops is not None:
         print(
             f"FLOPs per step: {flops / 1e9:.1f} GFLOP per device (XLA cost analysis), "

@@ -57,6 +57,20 @@ def moshi_config(config: CodecConfig) -> dict:
     return cfg
 
 
+def randomize_codebooks(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Every codebook buffer under ``module`` random (``sum ~ N(0, 1)``, usage in [0.5, 1.5))
+    and marked initialised, so nothing runs k-means and the round trips see non-trivial data.
+    """
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            if name.endswith("embedding_sum"):
+                b.copy_(torch.randn(b.shape, generator=gen))
+            elif name.endswith("cluster_usage"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+            elif name.endswith("_initialized"):
+                b.fill_(1.0)
+
+
 def _randomize(model: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -66,13 +80,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
             elif "layer_scale" in name:
                 p.copy_(0.3 + 0.4 * torch.rand(p.shape, generator=gen))
-        for name, b in model.named_buffers():
-            if name.endswith("embedding_sum"):
-                b.copy_(torch.randn(b.shape, generator=gen))
-            elif name.endswith("cluster_usage"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-            elif name.endswith("_initialized"):
-                b.fill_(1.0)
+    randomize_codebooks(model, gen)
 
 
 @functools.lru_cache(maxsize=2)

@@ -107,3 +107,13 @@ def test_formulations_rejects_unknown_section():
     )
     assert proc.returncode != 0
     assert "unknown sections ['fft']" in proc.stderr
+
+
+def test_compile_check_prints_memory_and_flops():
+    stdout = _run(
+        ["benchmarks/compile_check.py", "--config=configs/demo.py", "--mesh=data:2", "--batch=2"]
+    )
+    assert "mesh {'data': 2} (2 CPU devices), global batch 2" in stdout
+    for name in ("argument", "output", "temp", "peak estimate"):
+        assert f"  {name}" in stdout, name
+    assert "GFLOP per device (XLA cost analysis)" in stdout

@@ -17,6 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
+from mimi_reference import randomize_codebooks  # noqa: E402
+
 from amylm_jax.config import CodecConfig  # noqa: E402
 from amylm_jax.export.from_torch import torch_to_flax  # noqa: E402
 from amylm_jax.models.codec import AmyCodec  # noqa: E402
@@ -35,14 +37,7 @@ def build_moshi_amy(seed: int = 0, num_codebooks: int = 9):
         n_q=33, n_q_semantic=2, dimension=256, input_dimension=512, output_dimension=512, bins=2048
     )
     gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, buf in model.quantizer.named_buffers():
-            if name.endswith("embedding_sum"):
-                buf.copy_(torch.randn(buf.shape, generator=gen))
-            elif name.endswith("cluster_usage"):
-                buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
-            elif name.endswith("_initialized"):
-                buf.fill_(1.0)
+    randomize_codebooks(model.quantizer, gen)
     model.set_num_codebooks(num_codebooks)
     return model.eval()
 

@@ -16,6 +16,8 @@ import soundfile as sf
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
+from mimi_reference import randomize_codebooks  # noqa: E402
+
 from amylm_jax.codec import main  # noqa: E402
 from amylm_jax.data.audio import load_audio, resample  # noqa: E402
 
@@ -30,14 +32,7 @@ def kyutai(tmp_path_factory):
     torch.manual_seed(0)
     model = get_mimi(None, device="cpu", num_codebooks=8)
     gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, buf in model.quantizer.named_buffers():
-            if name.endswith("embedding_sum"):
-                buf.copy_(torch.randn(buf.shape, generator=gen))
-            elif name.endswith("cluster_usage"):
-                buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
-            elif name.endswith("_initialized"):
-                buf.fill_(1.0)
+    randomize_codebooks(model.quantizer, gen)
     path = tmp_path_factory.mktemp("weights") / "mimi.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model.eval(), path

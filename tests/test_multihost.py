@@ -69,6 +69,18 @@ def _losses(workdir: Path) -> dict[int, dict[str, float]]:
     return out
 
 
+def _assert_same_losses(got: dict, reference: dict, steps: range) -> None:
+    for step in steps:
+        for name in LOSSES:
+            np.testing.assert_allclose(
+                got[step][name],
+                reference[step][name],
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"step {step} {name}",
+            )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -112,27 +124,10 @@ def test_two_processes_match_one_and_resume_as_one(tmp_path):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    two = _losses(multi)
-    for step in range(1, 5):
-        for name in LOSSES:
-            np.testing.assert_allclose(
-                two[step][name],
-                reference[step][name],
-                rtol=1e-5,
-                atol=1e-6,
-                err_msg=f"step {step} {name}",
-            )
+    _assert_same_losses(_losses(multi), reference, range(1, 5))
 
     # Restart the killed 2-process run as a single process with 4 devices.
     _wait([_train(multi, 4)])
     resumed = _losses(multi)
     assert sorted(resumed) == list(range(1, 9))
-    for step in range(5, 9):
-        for name in LOSSES:
-            np.testing.assert_allclose(
-                resumed[step][name],
-                reference[step][name],
-                rtol=1e-5,
-                atol=1e-6,
-                err_msg=f"step {step} {name}",
-            )
+    _assert_same_losses(resumed, reference, range(5, 9))
