@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,14 +55,9 @@ def _define_flags() -> None:
 def median_ms(fn: Callable[[], Any], reps: int) -> float:
     """Median wall time of ``fn()`` (blocked until ready) over ``reps`` runs after a warm-up."""
     import jax
+    from throughput import _median_ms
 
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return _median_ms(lambda: jax.block_until_ready(fn()), reps)
 
 
 def _fwd_and_grad(f: Callable, args: tuple, argnums: tuple[int, ...], reps: int) -> dict:
@@ -130,15 +123,15 @@ def bench_disc(cfg, audio, reps: int) -> dict:
 def bench_stft(cfg, audio, reps: int) -> dict:
     import jax.numpy as jnp
 
-    from amylm_jax.losses.spectral import MelLossConfig, msspec_loss
+    from amylm_jax.losses.spectral import msspec_loss
+    from amylm_jax.steps import MEL_CONFIG
 
-    mel = MelLossConfig()
     fake = 0.9 * audio + 0.01 * jnp.roll(audio, 7, axis=1)
     out = {}
     for method in ("fft", "matmul"):
 
         def loss(x, y, method=method):
-            return msspec_loss(x, y, mel, method=method)
+            return msspec_loss(x, y, MEL_CONFIG, method=method)
 
         out[method] = _fwd_and_grad(loss, (fake, audio), (0,), reps)
     return out
@@ -188,7 +181,9 @@ def bench_encoder(cfg, audio, reps: int) -> dict:
         c = dataclasses.replace(cfg, frozen=frozen)
         models, state = jax_setup(c, 0)
         batch = jax.device_put(
-            make_batch(c, audio.shape[0], audio.shape[1] / 24000, 0, WAVLM_DIM, LLM_DIM)
+            make_batch(
+                c, audio.shape[0], audio.shape[1] / c.codec.sample_rate, 0, WAVLM_DIM, LLM_DIM
+            )
         )
 
         def loss(gp, models=models, state=state, batch=batch):
