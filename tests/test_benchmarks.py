@@ -17,10 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args: list[str], timeout: int = 600) -> str:
+def _process(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
         env=env,
@@ -28,6 +28,10 @@ def _run(args: list[str], timeout: int = 600) -> str:
         text=True,
         timeout=timeout,
     )
+
+
+def _run(args: list[str], timeout: int = 600) -> str:
+    proc = _process(args, timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 
@@ -96,15 +100,7 @@ def test_formulations_table_and_json(tmp_path):
 
 
 def test_formulations_rejects_unknown_section():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/formulations.py", "--config=configs/demo.py", "--only=fft"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _process(["benchmarks/formulations.py", "--config=configs/demo.py", "--only=fft"], 300)
     assert proc.returncode != 0
     assert "unknown sections ['fft']" in proc.stderr
 
