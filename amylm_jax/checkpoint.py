@@ -1,45 +1,55 @@
 """orbax checkpoints of a training run: state + progress (data position, epoch sums) + config.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,progress,config}``. ``state`` is the whole
+Layout: ``WORKDIR/checkpoints/<step>/{state,progress,config}``; ``WORKDIR`` is a local folder or
+a URL (``gs://bucket/run``), handled by orbax through ``etils.epath``. ``state`` is the whole
 :class:`~amylm_jax.state.TrainState` (params, codebook EMA state, both optimizer states, step,
 RNG); ``progress`` is JSON with the grain iterator state (the next global step), the running
 epoch sums and the epoch index, so a killed run resumes at exactly the next batch with the
 same epoch means; ``config`` is the run's TrainConfig as JSON. Saves are asynchronous and
-atomic (orbax writes to a temporary directory and renames), every process calls save, and
+atomic (orbax writes to a temporary directory and renames it locally, and on object storage
+marks a finished step with a commit file), so an interrupted save is never listed or loaded;
+every process calls save, and
 the manager keeps the last ``keep_last`` checkpoints plus the ``best_k`` best by the
 monitored epoch metric.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from amylm_jax.config import CheckpointConfig, TrainConfig, from_dict
+from amylm_jax import paths
+from amylm_jax.config import (
+    CheckpointConfig,
+    TrainConfig,
+    config_to_json,
+    from_dict,
+    migrate_train_config,
+)
+from amylm_jax.state import Models, TrainState, build_models, create_state, init_params
 
 log = logging.getLogger("amylm_jax.checkpoint")
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+class CheckpointError(ValueError):
+    """A workdir has no (such) checkpoint, or one this version cannot read."""
 
 
 class Checkpointer:
     """A thin wrapper over ``ocp.CheckpointManager`` for one workdir."""
 
-    def __init__(self, workdir: str, cfg: CheckpointConfig | None = None, read_only: bool = False):
+    def __init__(
+        self, workdir: paths.PathLike, cfg: CheckpointConfig | None = None, read_only: bool = False
+    ):
         cfg = cfg or CheckpointConfig()
         self.cfg = cfg
-        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+        self.directory = paths.as_path(workdir) / CHECKPOINT_DIR
         if cfg.mode not in ("min", "max"):
             raise ValueError(f"checkpoint.mode must be 'min' or 'max', got {cfg.mode!r}")
         monitor = cfg.monitor
@@ -119,7 +129,15 @@ class Checkpointer:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
         )
-        return from_dict(TrainConfig, restored["config"])
+        try:
+            return from_dict(TrainConfig, migrate_train_config(dict(restored["config"])))
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(
+                f"the run config of {self.directory / str(step)} does not fit this version of "
+                f"amylm_jax ({err}); nothing was loaded. Use the amylm_jax version that wrote "
+                "it, or start a new run from its weights (--config.init.checkpoint needs a "
+                "readable config too, so export them first with that version)."
+            ) from None
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -129,19 +147,15 @@ class Checkpointer:
         self.manager.close()
 
 
-class CheckpointError(ValueError):
-    """A workdir has no (such) checkpoint."""
-
-
-def resolve_step(workdir: str, step: int | None = None) -> int:
+def resolve_step(workdir: paths.PathLike, step: int | None = None) -> int:
     """The checkpoint step to load from ``workdir``: ``step`` if it exists, else the latest.
 
     Raises :class:`CheckpointError` naming the workdir (and the available steps).
     """
     hint = f"train first: python -m amylm_jax.train --config=... --workdir={workdir}"
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    directory = paths.as_path(workdir) / CHECKPOINT_DIR
     steps: list[int] = []
-    if os.path.isdir(directory):
+    if directory.is_dir():
         ckpt = Checkpointer(workdir, read_only=True)
         try:
             steps = sorted(ckpt.all_steps())
@@ -165,9 +179,45 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
     )
 
 
-def load_codec_from_workdir(workdir: str, step: int | None = None):
-    """(CodecConfig, {"params", "codebooks"}) of a run's checkpoint (for the codec tools)."""
-    from amylm_jax.train import restore_run_state
+def abstract_state(models: Models) -> TrainState:
+    """Shapes and dtypes of a run's TrainState (no arrays are allocated)."""
+    key = jax.random.PRNGKey(0)
+    return jax.eval_shape(lambda: create_state(models, *init_params(models, key), key))
 
+
+def restore_run_state(
+    workdir: paths.PathLike, step: int | None = None
+) -> tuple[TrainConfig, TrainState]:
+    """Config and TrainState of a finished or running workdir, on this process's first device.
+
+    Whatever topology the run was saved from (8 TPU chips, a pod), the arrays are restored
+    whole onto one local device, so the tools (export, evaluate, codec) run anywhere.
+    """
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        cfg = ckpt.restore_config(step)
+        dims = _dims_from_checkpoint(ckpt, step)
+        models = build_models(cfg, *dims)
+        abstract = abstract_state(models)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree_util.tree_map(lambda _: device, abstract)
+        state, _ = ckpt.restore(step, abstract_like(abstract, shardings))
+    finally:
+        ckpt.close()
+    return cfg, state
+
+
+def _dims_from_checkpoint(ckpt: Checkpointer, step: int | None) -> tuple[int, int]:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+    progress = ckpt.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))[
+        "progress"
+    ]
+    return int(progress["wavlm_dim"]), int(progress["llm_dim"])
+
+
+def load_codec_from_workdir(workdir: paths.PathLike, step: int | None = None):
+    """(CodecConfig, {"params", "codebooks"}) of a run's checkpoint (for the codec tools)."""
     cfg, state = restore_run_state(workdir, step)
     return cfg.codec, {"params": state.gen_params["codec"], "codebooks": state.codebooks}

@@ -18,17 +18,24 @@ when decoding), ``sample_rate`` (24000) and the source's ``orig_sample_rate`` /
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
+import io
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from amylm_jax import cli, paths
+from amylm_jax.checkpoint import load_codec_from_workdir
 from amylm_jax.config import CodecConfig
+from amylm_jax.data.audio import AudioError, load_audio, resample, write_wav
+from amylm_jax.export.from_torch import load_codec_weights
+from amylm_jax.models.amy_codec import AmyCodec, init_codec
 
 log = logging.getLogger("amylm_jax.codec")
 
@@ -46,21 +53,15 @@ class LoadedCodec:
 
     @functools.cached_property
     def _model(self):
-        from amylm_jax.models.codec import AmyCodec
-
         return AmyCodec(self.config)
 
     @functools.cached_property
     def _encode(self):
-        import jax
-
         model = self._model
         return jax.jit(lambda v, x: model.apply(v, x, method=type(model).encode))
 
     @functools.cached_property
     def _decode(self):
-        import jax
-
         model = self._model
         return jax.jit(lambda v, c: model.apply(v, c, method=type(model).decode))
 
@@ -88,7 +89,7 @@ def load_codec(
     weights: str | None = None,
     checkpoint: str | None = None,
     step: int | None = None,
-    num_codebooks: int = 9,
+    num_codebooks: int | None = None,
     config: CodecConfig | None = None,
     seed: int = 0,
 ) -> LoadedCodec:
@@ -96,22 +97,15 @@ def load_codec(
     if (weights is None) == (checkpoint is None):
         raise CodecCLIError("pass exactly one of --weights=FILE|random or --checkpoint=WORKDIR")
     if checkpoint is not None:
-        from amylm_jax.checkpoint import load_codec_from_workdir
-
         cfg, variables = load_codec_from_workdir(checkpoint, step=step)
-        cfg = _with_num_codebooks(cfg, num_codebooks)
+        if num_codebooks:  # default: the count the run trained
+            cfg = _with_num_codebooks(cfg, num_codebooks)
         return LoadedCodec(cfg, variables)
-    cfg = _with_num_codebooks(config or CodecConfig(), num_codebooks)
+    cfg = _with_num_codebooks(config or CodecConfig(), num_codebooks or 9)
     if weights == "random":
-        import jax
-
-        from amylm_jax.models.codec import init_codec
-
         variables = init_codec(cfg, jax.random.PRNGKey(seed))
         variables = _mark_initialized(variables)
         return LoadedCodec(cfg, variables)
-    from amylm_jax.export.from_torch import load_codec_weights
-
     variables, report = load_codec_weights(weights, cfg)
     if report.missing:
         log.warning(
@@ -140,9 +134,6 @@ def _with_num_codebooks(cfg: CodecConfig, num_codebooks: int) -> CodecConfig:
 
 def _mark_initialized(variables: dict) -> dict:
     """Random codebooks for ``--weights=random``: random centroids, marked initialised."""
-    import jax
-    import jax.numpy as jnp
-
     key = jax.random.PRNGKey(1)
 
     def fill(path, leaf):
@@ -161,8 +152,6 @@ def _mark_initialized(variables: dict) -> dict:
 
 def read_audio_24k(path: str) -> tuple[np.ndarray, int, int]:
     """Load any audio file as mono 24 kHz float32; returns (audio, orig_rate, orig_samples)."""
-    from amylm_jax.data.audio import AudioError, load_audio, resample
-
     try:
         wave, rate = load_audio(path)
     except AudioError as err:
@@ -174,24 +163,27 @@ def encode_file(codec: LoadedCodec, wav_in: str, npz_out: str, num_codebooks: in
     """Encode one audio file into an ``.npz`` of codes (see the module docstring)."""
     audio, rate, n = read_audio_24k(wav_in)
     codes = codec.encode(audio, num_codebooks)
-    _makedirs_for(npz_out)
+    buf = io.BytesIO()
     np.savez(
-        npz_out,
+        buf,
         codes=codes,
         num_samples=np.int64(audio.shape[0]),
         sample_rate=24000,
         orig_sample_rate=rate,
         orig_num_samples=n,
     )
+    paths.write_bytes(npz_out, buf.getvalue())
     return codes
 
 
 def read_codes(path: str) -> tuple[np.ndarray, int | None]:
     """Codes ``[K, T]`` and the sample count to trim to, from an ``.npz`` written by encode."""
-    if not os.path.isfile(path):
-        raise CodecCLIError(f"{path}: codes file not found")
     try:
-        with np.load(path) as data:
+        raw = paths.read_bytes(path)
+    except FileNotFoundError:
+        raise CodecCLIError(f"{path}: codes file not found") from None
+    try:
+        with np.load(io.BytesIO(raw)) as data:
             if "codes" not in data:
                 raise CodecCLIError(f"{path}: no 'codes' array (written by `codec encode`?)")
             codes = np.asarray(data["codes"])
@@ -258,75 +250,61 @@ def swap_files(
     return audio
 
 
-def write_wav(path: str, audio: np.ndarray, rate: int = 24000) -> None:
-    """Write float audio as 16-bit PCM wav (creating the directory)."""
-    import soundfile as sf
+FLAGS = cli.new_flags()
+flags.DEFINE_string(
+    "weights", None, "Safetensors/PyTorch weights file, or 'random'.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "checkpoint", None, "Training workdir (local or URL); uses its latest checkpoint.",
+    flag_values=FLAGS,
+)  # fmt: skip
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "num_codebooks",
+    None,
+    "Codebooks to use. Default: encode uses the run's own count with --checkpoint (9 with "
+    "--weights); decode uses all codebooks in the file.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("content", None, "swap: wav or npz giving codebooks 0..k-1.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "voice", None, "swap: wav or npz giving the other codebooks.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "num_swapped", 1, "swap: k (1 = the semantic codebook only).", flag_values=FLAGS
+)
 
-    _makedirs_for(path)
-    sf.write(path, np.clip(np.asarray(audio, np.float32), -1.0, 1.0), rate, subtype="PCM_16")
+_USAGE = {"encode": "encode INPUT OUTPUT.npz", "decode": "decode INPUT.npz OUTPUT.wav",
+          "swap": "swap --content=A --voice=B OUTPUT.wav"}  # fmt: skip
 
 
-def _makedirs_for(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m amylm_jax.codec",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _main(args: list[str]) -> int:
+    if not args or args[0] not in _USAGE:
+        raise cli.UsageError(f"the first argument is one of {', '.join(_USAGE)}; see --help")
+    command, files = args[0], args[1:]
+    want = 1 if command == "swap" else 2
+    if len(files) != want:
+        raise cli.UsageError(f"usage: python -m amylm_jax.codec {_USAGE[command]}")
+    if command == "swap" and not (FLAGS.content and FLAGS.voice):
+        raise cli.UsageError("swap needs --content=FILE and --voice=FILE")
+    codec = load_codec(
+        FLAGS.weights, FLAGS.checkpoint, FLAGS.step, num_codebooks=FLAGS.num_codebooks
     )
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def common(sp):
-        sp.add_argument("--weights", help="safetensors/PyTorch weights file, or 'random'")
-        sp.add_argument("--checkpoint", help="training workdir (uses its latest checkpoint)")
-        sp.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-        sp.add_argument(
-            "--num_codebooks",
-            type=int,
-            default=None,
-            help="codebooks to use (default 9 for encode, all given for decode)",
-        )
-
-    enc = sub.add_parser("encode", help="audio file -> codes .npz")
-    common(enc)
-    enc.add_argument("input")
-    enc.add_argument("output")
-    dec = sub.add_parser("decode", help="codes .npz -> 24 kHz wav")
-    common(dec)
-    dec.add_argument("input")
-    dec.add_argument("output")
-    swp = sub.add_parser("swap", help="content codebooks from one file, the rest from another")
-    common(swp)
-    swp.add_argument("--content", required=True, help="wav or npz giving codebooks 0..k-1")
-    swp.add_argument("--voice", required=True, help="wav or npz giving the other codebooks")
-    swp.add_argument("--num_swapped", type=int, default=1, help="k (1 = semantic only)")
-    swp.add_argument("output")
-    return p
+    if command == "encode":
+        codes = encode_file(codec, files[0], files[1], FLAGS.num_codebooks)
+        print(f"{files[0]} -> {files[1]}: codes {codes.shape[0]} x {codes.shape[1]}")
+    elif command == "decode":
+        audio = decode_file(codec, files[0], files[1], FLAGS.num_codebooks)
+        print(f"{files[0]} -> {files[1]}: {audio.shape[0] / 24000:.2f} s at 24 kHz")
+    else:
+        audio = swap_files(codec, FLAGS.content, FLAGS.voice, files[0], FLAGS.num_swapped)
+        print(f"{FLAGS.content} + {FLAGS.voice} -> {files[0]}: {audio.shape[0] / 24000:.2f} s")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        codec = load_codec(
-            args.weights, args.checkpoint, args.step, num_codebooks=args.num_codebooks or 9
-        )
-        if args.command == "encode":
-            codes = encode_file(codec, args.input, args.output, args.num_codebooks)
-            print(f"{args.input} -> {args.output}: codes {codes.shape[0]} x {codes.shape[1]}")
-        elif args.command == "decode":
-            audio = decode_file(codec, args.input, args.output, args.num_codebooks)
-            print(f"{args.input} -> {args.output}: {audio.shape[0] / 24000:.2f} s at 24 kHz")
-        else:
-            audio = swap_files(codec, args.content, args.voice, args.output, args.num_swapped)
-            print(f"{args.content} + {args.voice} -> {args.output}: {audio.shape[0] / 24000:.2f} s")
-    except (CodecCLIError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Run the tool on ``argv`` (without the program name); returns the exit status."""
+    return cli.run(_main, FLAGS, "amylm_jax.codec", __doc__, argv)
 
 
 def run() -> None:

@@ -2,21 +2,62 @@
 
 Library code only ever sees these dataclasses. ``ml_collections.ConfigDict`` objects (the
 ``configs/*.py`` files and ``--config.x=y`` overrides) stop at the entry points, which convert
-them with :func:`from_dict`. Every default reproduces the original system (SPEC.md "REF").
+them with :func:`from_dict`. Every default reproduces the original system (docs/original.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, TypeVar
 
-from amylm_jax.data.pipeline import DataConfig
+from amylm_jax import paths
+
+# What "auto" means per JAX backend (None = any other backend); benchmarks/formulations.py.
+#: The seven training losses users read (``train/<name>_step`` / ``_epoch``), in their order.
+LOSS_NAMES = ("loss_g", "loss_d", "adv_g", "feat", "wavlm", "llm", "msspec")
+#: The codec parts frozen by default: the pretrained SEANet encoder and encoder transformer.
+FROZEN_ENCODER = ("encoder", "encoder_transformer")
+
+_AUTO_TRANSPOSE = {"tpu": "dilated", None: "polyphase"}
+_AUTO_DISC_CONV = {"cpu": "s2d", None: "lax"}
+
+
+def _resolve_auto(value: str, choices: dict[str | None, str], platform: str | None) -> str:
+    """``value`` itself unless it is ``"auto"``; then the choice for ``platform``."""
+    if value != "auto":
+        return value
+    if platform is None:
+        import jax  # only to resolve "auto": configs stay importable without JAX
+
+        platform = jax.default_backend()
+    return choices.get(platform, choices[None])
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data come from and how it is cut (library side of the data config).
+
+    `batch_size` is GLOBAL: each of `process_count` processes gets `batch_size // process_count`
+    examples per step. `val_clips` (explicit clip ids) overrides `val_fraction`.
+    """
+
+    store: str = "demo"
+    batch_size: int = 16
+    segment_seconds: float = 1.0
+    frame_aligned_crops: bool = True
+    val_fraction: float = 0.2
+    val_clips: tuple[str, ...] = ()
+    split_seed: int = 42
+    seed: int = 42
+    worker_count: int = 0
+    shuffle: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class SEANetConfig:
-    """SEANet encoder/decoder (SPEC §2.3-2.4). ``ratios`` are in decoder order."""
+    """SEANet encoder/decoder (docs/original.md §2.3-2.4). ``ratios`` are in decoder order."""
 
     channels: int = 1
     dimension: int = 512
@@ -36,7 +77,7 @@ class SEANetConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    """Causal pre-norm transformer with interleaved RoPE (SPEC §2.5)."""
+    """Causal pre-norm transformer with interleaved RoPE (docs/original.md §2.5)."""
 
     d_model: int = 512
     num_heads: int = 8
@@ -50,7 +91,7 @@ class TransformerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class QuantizerConfig:
-    """Split residual VQ with EMA codebooks (SPEC §3).
+    """Split residual VQ with EMA codebooks (docs/original.md §3).
 
     ``n_q`` codebook slots in total: ``n_q_first`` in ``rvq_first`` (semantic + prosody as its
     residual) and ``n_q - n_q_first`` in ``rvq_rest``, of which ``num_codebooks - n_q_first``
@@ -91,15 +132,27 @@ class QuantizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CodecConfig:
-    """The whole Mimi/Amy generator (SPEC §2)."""
+    """The whole Mimi/Amy generator (docs/original.md §2)."""
 
     sample_rate: int = 24000
     frame_rate: float = 12.5
     seanet: SEANetConfig = SEANetConfig()
     transformer: TransformerConfig = TransformerConfig()
     quantizer: QuantizerConfig = QuantizerConfig()
-    # Kyutai's released model uses a depthwise upsampling transposed conv (SPEC §2.6).
+    # Kyutai's released model uses a depthwise upsampling transposed conv (docs/original.md §2.6).
     upsample_depthwise: bool = True
+    # Transposed-conv formulation: "auto" = "polyphase" on CPU/GPU (a plain conv + reshape:
+    # 7x faster codec backward on CPU, benchmarks/RESULTS.md; XLA's input-dilated conv is known
+    # to be slow on GPU) and "dilated" on TPU. Both compute the same model.
+    transpose_method: str = "auto"
+
+    def __post_init__(self):
+        if self.transpose_method not in ("auto", "dilated", "polyphase"):
+            raise ValueError("codec.transpose_method must be 'auto', 'dilated' or 'polyphase'")
+
+    def resolved_transpose_method(self, platform: str | None = None) -> str:
+        """The formulation for ``platform`` (default: JAX's default backend)."""
+        return _resolve_auto(self.transpose_method, _AUTO_TRANSPOSE, platform)
 
     @property
     def frame_size(self) -> int:
@@ -126,7 +179,7 @@ HEAD_KINDS = ("linear", "mlp", "mlp_v2", "conv")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Generator loss weights and the distillation knobs (SPEC §6.5, §10).
+    """Generator loss weights and the distillation knobs (docs/original.md §6.5, §10).
 
     Defaults are REF: ``loss_g = 1 adv + 4 feat + 1 wavlm + 1 llm + 15 msspec``.
     ``adversarial_only`` switches off only msspec (logged as 0). With ``alpha_adv`` and
@@ -168,7 +221,8 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class HeadsConfig:
-    """Distillation projections (SPEC §6.4, §10): "linear" (REF), "mlp", "mlp_v2", "conv"."""
+    """Distillation projections (docs/original.md §6.4, §10): "linear" (REF), "mlp", "mlp_v2",
+    "conv"."""
 
     wavlm: str = "linear"
     llm: str = "linear"
@@ -181,17 +235,31 @@ class HeadsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DiscConfig:
-    """Multi-scale STFT discriminator (SPEC §5)."""
+    """Multi-scale STFT discriminator (docs/original.md §5)."""
 
     filters: int = 32
     n_ffts: tuple[int, ...] = (1024, 2048, 512, 256, 128)
     hop_lengths: tuple[int, ...] = (256, 512, 128, 64, 32)
     win_lengths: tuple[int, ...] = (1024, 2048, 512, 256, 128)
+    # Conv formulation: "auto" = "s2d" (space-to-depth for the frequency stride: plain convs in
+    # the backward, ~2x faster discriminator backward on XLA:CPU, benchmarks/RESULTS.md) on CPU
+    # and "lax" (the strided conv, which cuDNN and the TPU compiler handle natively) on GPU/TPU.
+    # Both compute the same model.
+    conv_method: str = "auto"
+
+    def __post_init__(self):
+        if self.conv_method not in ("auto", "lax", "s2d"):
+            raise ValueError("disc.conv_method must be 'auto', 'lax' or 's2d'")
+
+    def resolved_conv_method(self, platform: str | None = None) -> str:
+        """The conv formulation for ``platform`` (default: JAX's default backend)."""
+        return _resolve_auto(self.conv_method, _AUTO_DISC_CONV, platform)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Optimisers (SPEC §7.1, §10): Adam(3e-4, 0.5, 0.9) for G (clip 1.0) and D (no clip).
+    """Optimisers (docs/original.md §7.1, §10): Adam(3e-4, 0.5, 0.9) for G (clip 1.0) and D (no
+    clip).
 
     ``lr_rvq`` / ``lr_heads`` (None = ``lr_g``) give the quantizer projections and the
     distillation heads their own learning rate; ``rvq_warmup_steps`` warms ``lr_rvq`` up
@@ -293,22 +361,6 @@ class CheckpointConfig:
     async_save: bool = True
 
 
-# What "auto" means per JAX backend (None = any other backend); benchmarks/formulations.py.
-_AUTO_TRANSPOSE = {"tpu": "dilated", None: "polyphase"}
-_AUTO_DISC_CONV = {"cpu": "s2d", None: "lax"}
-
-
-def _resolve_auto(value: str, choices: dict[str | None, str], platform: str | None) -> str:
-    """``value`` itself unless it is ``"auto"``; then the choice for ``platform``."""
-    if value != "auto":
-        return value
-    if platform is None:
-        import jax
-
-        platform = jax.default_backend()
-    return choices.get(platform, choices[None])
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs (the library view of ``configs/*.py``)."""
@@ -321,8 +373,8 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     init: InitConfig = InitConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    # Top-level codec submodules that get no gradient update (SPEC §2.9).
-    frozen: tuple[str, ...] = ("encoder", "encoder_transformer")
+    # Top-level codec submodules that get no gradient update (docs/original.md §2.9).
+    frozen: tuple[str, ...] = FROZEN_ENCODER
     # §10.3 "semantic_prosody_only": rvq_rest codebooks in eval mode (no EMA / expiry).
     train_rest_codebooks: bool = True
     seed: int = 42
@@ -339,15 +391,6 @@ class TrainConfig:
     # One discriminator forward on fake and one on real shared by the G and D updates (same
     # numbers as the original's four forwards, ~19 % fewer FLOPs); False = the original order.
     shared_disc_forward: bool = True
-    # Transposed-conv formulation: "auto" = "polyphase" on CPU/GPU (a plain conv + reshape:
-    # 7x faster codec backward on CPU, benchmarks/RESULTS.md; XLA's input-dilated conv is known
-    # to be slow on GPU) and "dilated" on TPU. Both are numerically the same model.
-    transpose_method: str = "auto"
-    # Discriminator conv formulation: "auto" = "s2d" (space-to-depth for the frequency
-    # stride: plain convs in the backward, ~2x faster discriminator backward on XLA:CPU,
-    # benchmarks/RESULTS.md) on CPU and "lax" (the strided conv, which cuDNN and the TPU
-    # compiler handle natively) on GPU/TPU. Both are numerically the same model.
-    disc_conv_method: str = "auto"
     mesh: tuple[tuple[str, int], ...] = (("data", -1),)
     tensorboard: bool = True
     wandb_project: str | None = None
@@ -355,15 +398,60 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.transpose_method not in ("auto", "dilated", "polyphase"):
-            raise ValueError("transpose_method must be 'auto', 'dilated' or 'polyphase'")
-        if self.disc_conv_method not in ("auto", "lax", "s2d"):
-            raise ValueError("disc_conv_method must be 'auto', 'lax' or 's2d'")
 
-    def resolved_transpose_method(self, platform: str | None = None) -> str:
-        """The formulation for ``platform`` (default: JAX's default backend)."""
-        return _resolve_auto(self.transpose_method, _AUTO_TRANSPOSE, platform)
 
-    def resolved_disc_conv_method(self, platform: str | None = None) -> str:
-        """The discriminator conv formulation for ``platform`` (default: JAX's backend)."""
-        return _resolve_auto(self.disc_conv_method, _AUTO_DISC_CONV, platform)
+def default_loss_weights() -> dict[str, float]:
+    """The generator loss weights of the default config, by loss name (``adv``, ``feat``...)."""
+    lc = LossConfig()
+    return {n: getattr(lc, f"alpha_{n}") for n in ("adv", "feat", "msspec", "wavlm", "llm")}
+
+
+# Config keys that moved; old run configs (checkpoints, exports) are migrated on load.
+_MOVED_KEYS = {"transpose_method": ("codec", "transpose_method"),
+               "disc_conv_method": ("disc", "conv_method")}  # fmt: skip
+
+
+def migrate_train_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A run config as an older version wrote it -> today's layout (moved keys)."""
+    data = dict(data)
+    for old, (section, new) in _MOVED_KEYS.items():
+        if old in data:
+            value = data.pop(old)
+            data[section] = {**dict(data.get(section) or {}), new: value}
+    return data
+
+
+def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
+    """A JSON-ready dict of a run config (what checkpoints and the metric log record)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(data: Any) -> TrainConfig:
+    """``ConfigDict``/dict -> TrainConfig, with the user-facing checks of required fields.
+
+    ``init.mimi_weights`` / ``init.checkpoint`` may be local paths or URLs; ``none`` means
+    unset. A weights file that does not exist is an error naming it.
+    """
+    data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    data = migrate_train_config(data)
+    init = dict(data.get("init", {}))
+    weights = init.get("mimi_weights")
+    if weights == "":
+        raise ValueError(
+            "this config needs Kyutai's Mimi weights: pass "
+            "--config.init.mimi_weights=PATH/TO/tokenizer-e351c8d8-checkpoint125.safetensors "
+            "(a local file or URL; nothing is downloaded), or --config.init.mimi_weights=none to "
+            "start from random weights"
+        )
+    for key in ("mimi_weights", "checkpoint"):
+        if isinstance(init.get(key), str) and init[key].lower() == "none":
+            init[key] = None
+    data["init"] = init
+    if init.get("mimi_weights") and not paths.as_path(init["mimi_weights"]).is_file():
+        raise FileNotFoundError(
+            f"--config.init.mimi_weights={init['mimi_weights']}: no such file (pass a "
+            "safetensors/PyTorch file, local or URL, or none for random init)"
+        )
+    if data.get("data", {}).get("store", "demo") in ("", None):
+        raise ValueError("pass the feature store: --config.data.store=PATH (or demo)")
+    return from_dict(TrainConfig, data)

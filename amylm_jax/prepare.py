@@ -5,64 +5,115 @@
         [--wavlm=microsoft/wavlm-large|PATH|tiny-random] [--llm=Qwen/Qwen3-1.7B|PATH|tiny-random] \\
         [--batch_size=8] [--device=cpu|cuda] [--skip_bad] [--cache_dir=store.work]
     # from the original on-disk HF dataset (features already extracted)
-    python -m amylm_jax.prepare --import_hf=data/Amy-LM-Dataset --out=store [--repair_d1]
-    # validate a store
+    python -m amylm_jax.prepare --import_hf=data/Amy-LM-Dataset --out=store [--norepair_d1]
+    # on N hosts at once: each extracts its block of the manifest into OUT/parts/...
+    python -m amylm_jax.prepare --manifest=align.jsonl --out=store --num_shards=N --shard_index=i
+    #   (or leave both out inside a SLURM array/multi-task job or on TPU VM workers), then once:
+    python -m amylm_jax.prepare --join --out=store
+    # validate a store (local or gs://...)
     python -m amylm_jax.prepare --check=store
 
-A thin entry point: the work is done by `amylm_jax.data.prepare.build_store`,
+A thin entry point: the work is done by `amylm_jax.data.extract.build_store`,
 `amylm_jax.data.importer.import_hf_dataset` and `amylm_jax.data.store.check_store`.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
+from amylm_jax import cli
+from amylm_jax.data.extract import build_store, join_parts, shard_from_env
+from amylm_jax.data.importer import import_hf_dataset
+from amylm_jax.data.store import check_store
 from amylm_jax.data.teachers import DEFAULT_LLM, DEFAULT_WAVLM
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("manifest", None, "Alignment manifest (JSONL or JSON list).")
-flags.DEFINE_string("import_hf", None, "Original dataset directory (datasets.load_from_disk).")
-flags.DEFINE_string("check", None, "Validate this store and print its report.")
-flags.DEFINE_string("out", None, "Output store directory.")
-flags.DEFINE_string("wavlm", DEFAULT_WAVLM, "WavLM hub id, local directory or tiny-random.")
-flags.DEFINE_string("llm", DEFAULT_LLM, "Causal LM hub id, local directory or tiny-random.")
-flags.DEFINE_integer("batch_size", 8, "Clips per teacher forward pass.")
-flags.DEFINE_string("device", "cpu", "Torch device for the teachers (cpu, cuda, cuda:1...).")
-flags.DEFINE_bool("skip_bad", False, "Skip bad clips (listed in the manifest) instead of failing.")
-flags.DEFINE_string("cache_dir", None, "Per-clip feature cache (default: <out>.work).")
-flags.DEFINE_bool("repair_d1", False, "Import: trim padded WavLM sequences before pooling (D1).")
-flags.DEFINE_bool("repair_times", False, "Monotonise out-of-order token times instead of failing.")
-flags.DEFINE_string("split", None, "Import: split of a DatasetDict.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing store at --out.")
+FLAGS = cli.new_flags()
+flags.DEFINE_string("manifest", None, "Alignment manifest (JSONL or JSON list).", flag_values=FLAGS)
+flags.DEFINE_string(
+    "import_hf", None, "Original dataset directory (datasets.load_from_disk).", flag_values=FLAGS
+)
+flags.DEFINE_string("check", None, "Validate this store and print its report.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output store directory.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "wavlm", DEFAULT_WAVLM, "WavLM hub id, local directory or tiny-random.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "llm", DEFAULT_LLM, "Causal LM hub id, local directory or tiny-random.", flag_values=FLAGS
+)
+flags.DEFINE_integer("batch_size", 8, "Clips per teacher forward pass.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "device", "cpu", "Torch device for the teachers (cpu, cuda, cuda:1...).", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "skip_bad",
+    False,
+    "Skip bad clips (listed in the manifest) instead of failing.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "cache_dir", None, "Per-clip feature cache (default: <out>.work).", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "repair_d1",
+    True,
+    "Import: trim the original's batch-padded WavLM sequences before pooling (defect D1); "
+    "--norepair_d1 pools them as stored, as the original trainer did.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool(
+    "repair_times",
+    False,
+    "Monotonise out-of-order token times instead of failing.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("split", None, "Import: split of a DatasetDict.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "num_shards",
+    None,
+    "Split the manifest into N contiguous blocks, one per process (default: from the SLURM "
+    "array / SLURM task / TPU worker environment, else 1).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "shard_index", None, "This process's block, 0..N-1 (default: from the environment).",
+    flag_values=FLAGS,
+)  # fmt: skip
+flags.DEFINE_bool(
+    "join", False, "Join the finished parts in --out into one store manifest.", flag_values=FLAGS
+)
+flags.DEFINE_bool("overwrite", False, "Replace an existing store at --out.", flag_values=FLAGS)
 
 
-def main(argv: list[str]) -> None:
-    """Run the selected mode; data errors exit with their message (naming the clip)."""
-    del argv
-    try:
-        report = run_mode()
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from err
+def _main(args: list[str]) -> int:
+    if args:
+        raise cli.UsageError(f"unexpected arguments {args}; see --help")
+    report = run_mode()
     report = {k: v for k, v in report.items() if k != "shards"}
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the tool on ``argv`` (without the program name); returns the exit status."""
+    return cli.run(_main, FLAGS, "amylm_jax.prepare", __doc__, argv)
 
 
 def run_mode() -> dict:
     """Dispatch to build, import or check; exactly one mode must be given."""
-    modes = [m for m in ("manifest", "import_hf", "check") if FLAGS[m].value]
+    modes = [m for m in ("manifest", "import_hf", "check", "join") if FLAGS[m].value]
     if len(modes) != 1:
-        raise app.UsageError("give exactly one of --manifest, --import_hf, --check")
+        raise cli.UsageError("give exactly one of --manifest, --import_hf, --check, --join")
     if modes != ["check"] and not FLAGS.out:
-        raise app.UsageError("--out is required")
+        raise cli.UsageError("--out is required")
     if FLAGS.check:
-        from amylm_jax.data.store import check_store
-
         report = check_store(FLAGS.check)
+    elif FLAGS.join:
+        report = join_parts(FLAGS.out)
     elif FLAGS.import_hf:
-        from amylm_jax.data.importer import import_hf_dataset
-
         report = import_hf_dataset(
             FLAGS.import_hf,
             FLAGS.out,
@@ -73,8 +124,11 @@ def run_mode() -> dict:
             overwrite=FLAGS.overwrite,
         )
     else:
-        from amylm_jax.data.prepare import build_store
-
+        num_shards, shard_index = shard_from_env()
+        if FLAGS.num_shards is not None or FLAGS.shard_index is not None:
+            if FLAGS.num_shards is None or FLAGS.shard_index is None:
+                raise cli.UsageError("give both --num_shards and --shard_index")
+            num_shards, shard_index = FLAGS.num_shards, FLAGS.shard_index
         report = build_store(
             FLAGS.manifest,
             FLAGS.out,
@@ -86,9 +140,11 @@ def run_mode() -> dict:
             cache_dir=FLAGS.cache_dir,
             repair_times=FLAGS.repair_times,
             overwrite=FLAGS.overwrite,
+            num_shards=num_shards,
+            shard_index=shard_index,
         )
     return report
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

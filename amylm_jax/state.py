@@ -2,7 +2,8 @@
 
 The state holds everything that changes during training: generator parameters (codec +
 distillation heads), the codebook EMA collection, discriminator parameters, both optimizer
-states, the step and the base RNG key. Frozen parts (SPEC §2.9: the SEANet encoder and the
+states, the step and the base RNG key. Frozen parts (docs/original.md §2.9: the SEANet encoder and
+the
 encoder transformer) stay in ``gen_params`` but are labelled ``frozen`` in an
 ``optax.multi_transform`` (``set_to_zero``, no optimizer state) and are stop-gradiented in the
 step, so XLA never computes their backward.
@@ -19,7 +20,7 @@ import optax
 from flax import struct
 
 from amylm_jax.config import TrainConfig
-from amylm_jax.models.codec import AmyCodec, init_codec
+from amylm_jax.models.amy_codec import AmyCodec, init_codec
 from amylm_jax.models.discriminator import MultiScaleSTFTDiscriminator
 from amylm_jax.models.heads import DistillHead
 
@@ -83,7 +84,8 @@ def _adam(cfg: TrainConfig, lr, b1: float, b2: float) -> optax.GradientTransform
 
 
 def rvq_learning_rate(cfg: TrainConfig) -> optax.Schedule:
-    """Quantizer-projection learning rate with the optional linear warm-up of SPEC §10.3."""
+    """Quantizer-projection learning rate with the optional linear warm-up of docs/original.md
+    §10.3."""
     base = cfg.optim.lr_rvq if cfg.optim.lr_rvq is not None else cfg.optim.lr_g
     warmup = cfg.optim.rvq_warmup_steps
     if warmup <= 0:
@@ -121,19 +123,14 @@ def build_models(cfg: TrainConfig, wavlm_dim: int, llm_dim: int) -> Models:
     tx_g, tx_d = make_optimizers(cfg)
     return Models(
         cfg=cfg,
-        codec=AmyCodec(
-            cfg.codec,
-            dtype=dtype,
-            transpose_method=cfg.resolved_transpose_method(),
-            remat=cfg.remat,
-        ),
+        codec=AmyCodec(cfg.codec, dtype=dtype, remat=cfg.remat),
         disc=MultiScaleSTFTDiscriminator(
             filters=d.filters,
             n_ffts=d.n_ffts,
             hop_lengths=d.hop_lengths,
             win_lengths=d.win_lengths,
             dtype=dtype,
-            conv_method=cfg.resolved_disc_conv_method(),
+            conv_method=d.resolved_conv_method(),
         ),
         wavlm_head=DistillHead(wavlm_dim, kind=cfg.heads.wavlm),
         llm_head=DistillHead(llm_dim, kind=cfg.heads.llm),

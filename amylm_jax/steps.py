@@ -1,17 +1,19 @@
-"""Pure training and evaluation steps (SPEC §7.3), jitted by the caller.
+"""Pure training and evaluation steps, jitted by the caller (order: docs/original.md §7.3).
 
-``train_step(models, state, batch) -> (state, metrics)`` does, for one batch:
+``train_step(models, state, batch) -> (state, metrics)`` composes two pure updates:
 
-1. the generator forward in training mode (codebook EMA / k-means / expiry happen here, once),
-2. ONE discriminator forward on the fake audio and ONE on the real audio, each kept as a VJP,
-3. the generator update: hinge adversarial + feature matching + msspec + the two cosine
-   distillation losses; the discriminator part of its gradient flows back through the fake
-   forward's VJP with the discriminator's pre-update parameters,
-4. the discriminator update from the same two forwards (fake detached).
+* :func:`generator_update`: the codec forward in training mode (codebook EMA / k-means /
+  expiry happen here, once), ONE discriminator forward on the fake and ONE on the real audio,
+  each kept as a VJP, and the generator's gradient of hinge adversarial + feature matching +
+  msspec + the two cosine distillation losses (the adversarial part flows back through the
+  fake forward's VJP with the discriminator's pre-update parameters), then Adam;
+* :func:`discriminator_update`: the hinge loss on the same two forwards (fake detached), its
+  gradient through their VJPs, then Adam.
 
-The original runs the discriminator four times per batch (fake and real in each phase); the
-numbers are the same (``train_step_reference`` keeps the original order for the tests) and
-the shared forward saves about 19 % of the FLOPs (PERF.md).
+The original trainer runs the discriminator four times per batch (fake and real in each
+update). ``config.shared_disc_forward=False`` (``train_step_reference``) builds that order from
+the same two updates; the numbers are equal and the shared forwards save about 19 % of the
+step's FLOPs (benchmarks/RESULTS.md).
 
 A non-finite loss or gradient leaves the state unchanged (``train/nonfinite = 1``): the host
 raises with the step number and never checkpoints a bad state.
@@ -19,16 +21,18 @@ raises with the step number and never checkpoints a bad state.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from amylm_jax.config import FROZEN_ENCODER
 from amylm_jax.losses import adversarial as adv_losses
 from amylm_jax.losses.distill import distill_loss, layer_norm
 from amylm_jax.losses.spectral import MelLossConfig, msspec_loss
-from amylm_jax.models.codec import FROZEN_ENCODER, AmyCodec
+from amylm_jax.models.amy_codec import AmyCodec
 from amylm_jax.state import Models, TrainState, rvq_learning_rate
 
 sg = jax.lax.stop_gradient
@@ -36,8 +40,6 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 MEL_CONFIG = MelLossConfig()
-#: The seven cheat-sheet names, in the order users read them.
-LOSS_NAMES = ("loss_g", "loss_d", "adv_g", "feat", "wavlm", "llm", "msspec")
 
 
 def _codec_params(models: Models, gen_params: Any) -> Any:
@@ -85,7 +87,7 @@ def distill_losses(
     batch: Batch,
     example_weight: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """WavLM and LLM cosine losses with the REF latents (SPEC §3.9, §6.4) and §10 knobs.
+    """WavLM and LLM cosine losses with the REF latents (docs/original.md §3.9, §6.4) and §10 knobs.
 
     ``example_weight [B]`` (validation) restricts the mean to real examples; every example has
     the same number of frames, so this equals the weighted mean of per-example losses.
@@ -93,7 +95,7 @@ def distill_losses(
     lc = models.cfg.loss
     codes = out.quantized.first.codes
     sem_ste = None
-    if lc.llm_latent == "ste" or lc.wavlm_semantic_detach:
+    if lc.llm_latent == "ste":
         sem_ste = models.codec.apply(
             {"params": codec_params, "codebooks": old_codebooks},
             out.latent,
@@ -113,7 +115,16 @@ def distill_losses(
         sem = sg(sem)
     sp = out.quantized.first.x
     if lc.wavlm_semantic_detach:
-        sp = sp - sem_ste + sg(sem_ste)
+        # x_sp - sem + sg(sem) with sem = output_proj(E_0[c_0]), the codebook-0 vectors x_sp
+        # itself used: the value is unchanged and the WavLM gradient into output_proj keeps
+        # only the prosody part, while the straight-through path into the encoder side stays
+        # open (sem has no path to the encoder).
+        sem_dec = models.codec.apply(
+            {"params": codec_params},
+            out.quantized.first.first_vectors,
+            method=AmyCodec.project_semantic,
+        )
+        sp = sp - sem_dec + sg(sem_dec)
     wavlm_t, llm_t = batch["wavlm"], batch["llm"]
     if lc.layernorm:
         sem, sp = layer_norm(sem), layer_norm(sp)
@@ -134,12 +145,63 @@ def distill_losses(
     return wavlm, llm
 
 
-def _generator_terms(models: Models, logits_fake, fmaps_fake, fmaps_real, fake, real):
+class DiscForward(NamedTuple):
+    """One discriminator forward on a batch of audio, per STFT scale.
+
+    ``vjp`` (shared forwards only) maps cotangents of ``(logits, features)`` to those of
+    ``(disc_params, audio)`` for the fake batch and of ``disc_params`` for the real one.
+    """
+
+    logits: Any
+    features: Any
+    vjp: Callable | None = None
+
+
+class GeneratorLosses(NamedTuple):
+    """The generator's weighted total and its unweighted parts (``train/<name>``)."""
+
+    loss_g: jax.Array
+    adv_g: jax.Array
+    feat: jax.Array
+    msspec: jax.Array
+    wavlm: jax.Array
+    llm: jax.Array
+
+
+class GeneratorUpdate(NamedTuple):
+    """What :func:`generator_update` returns."""
+
+    params: Any  # gen_params after the optimizer step
+    opt_state: Any
+    codebooks: Any  # codebook EMA state after this batch
+    grads: Any
+    losses: GeneratorLosses
+    quantizer_metrics: Metrics
+    fake: jax.Array  # generated audio [B, N] (before the update)
+    disc_real: DiscForward | None  # shared discriminator forwards, reused by the D update
+    disc_fake: DiscForward | None
+
+
+class DiscriminatorUpdate(NamedTuple):
+    """What :func:`discriminator_update` returns (unchanged parameters without a GAN)."""
+
+    params: Any
+    opt_state: Any
+    grads: Any | None
+    loss_d: jax.Array
+    real_acc: jax.Array
+    fake_acc: jax.Array
+
+
+def _generator_terms(models: Models, fake_disc: DiscForward | None, real_features, fake, real):
     """Weighted adversarial + feature-matching + msspec part of ``loss_g`` and its parts."""
     lc = models.cfg.loss
     zero = jnp.zeros((), jnp.float32)
-    adv = adv_losses.generator_adv_loss(logits_fake) if lc.gan else zero
-    feat = adv_losses.feature_matching_loss(fmaps_fake, sg(fmaps_real)) if lc.gan else zero
+    if lc.gan:
+        adv = adv_losses.generator_adv_loss(fake_disc.logits)
+        feat = adv_losses.feature_matching_loss(fake_disc.features, sg(real_features))
+    else:
+        adv = feat = zero
     ms = zero if lc.adversarial_only else msspec_loss(fake, real, MEL_CONFIG)
     total = lc.alpha_adv * adv + lc.alpha_feat * feat
     if not lc.adversarial_only:
@@ -147,56 +209,38 @@ def _generator_terms(models: Models, logits_fake, fmaps_fake, fmaps_real, fake, 
     return total, (adv, feat, ms)
 
 
-def _apply_updates(models: Models, state: TrainState, g_grads, d_grads, new_codebooks, ok):
-    """Optimizer updates; a non-finite step (``ok`` False) leaves the state unchanged."""
-    upd_g, opt_g = models.tx_g.update(g_grads, state.opt_g, state.gen_params)
-    gen_params = optax.apply_updates(state.gen_params, upd_g)
-    if models.cfg.loss.gan:
-        upd_d, opt_d = models.tx_d.update(d_grads, state.opt_d, state.disc_params)
-        disc_params = optax.apply_updates(state.disc_params, upd_d)
-    else:
-        opt_d, disc_params = state.opt_d, state.disc_params
-    new = state.replace(
-        step=state.step + 1,
-        gen_params=gen_params,
-        codebooks=new_codebooks,
-        disc_params=disc_params,
-        opt_g=opt_g,
-        opt_d=opt_d,
+def _disc_apply(models: Models, disc_params: Any, audio: jax.Array) -> tuple[Any, Any]:
+    return models.disc.apply({"params": disc_params}, audio)
+
+
+def _step_key(state: TrainState) -> jax.Array:
+    return jax.random.fold_in(state.rng, state.step)
+
+
+def generator_update(
+    models: Models, state: TrainState, batch: Batch, shared_disc_forward: bool = True
+) -> GeneratorUpdate:
+    """The generator's losses, gradient and optimizer step for one batch.
+
+    With ``shared_disc_forward`` the discriminator runs once on the fake and once on the real
+    audio, each kept as a VJP: the adversarial gradient flows back through the fake forward,
+    and :func:`discriminator_update` reuses both forwards. Without it the discriminator runs
+    inside the generator loss (the original trainer's order) and the D update runs its own
+    forwards; the numbers are the same.
+    """
+    run = _shared_generator_grads if shared_disc_forward else _separate_generator_grads
+    grads, losses, fake, codebooks, qmetrics, disc_real, disc_fake = run(models, state, batch)
+    updates, opt_state = models.tx_g.update(grads, state.opt_g, state.gen_params)
+    params = optax.apply_updates(state.gen_params, updates)
+    return GeneratorUpdate(
+        params, opt_state, codebooks, grads, losses, qmetrics, fake, disc_real, disc_fake
     )
-    keep = state.replace(step=state.step + 1)
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, keep)
 
 
-def _metrics(models, state, parts, g_grads, d_grads, qmetrics, accs, ok) -> Metrics:
-    loss_g, loss_d, adv, feat, wavlm, llm, ms = parts
-    cfg = models.cfg
-    out = {
-        "train/loss_g": loss_g,
-        "train/loss_d": loss_d,
-        "train/adv_g": adv,
-        "train/feat": feat,
-        "train/wavlm": wavlm,
-        "train/llm": llm,
-        "train/msspec": ms,
-        "train/d_real_acc": accs[0],
-        "train/d_fake_acc": accs[1],
-        "train/grad_norm_g": optax.global_norm(g_grads),
-        "train/grad_norm_d": optax.global_norm(d_grads) if cfg.loss.gan else jnp.zeros(()),
-        "train/lr_g": jnp.asarray(cfg.optim.lr_g, jnp.float32),
-        "train/lr_d": jnp.asarray(cfg.optim.lr_d, jnp.float32),
-        "train/lr_rvq": jnp.asarray(rvq_learning_rate(cfg)(state.step), jnp.float32),
-        "train/nonfinite": 1.0 - ok.astype(jnp.float32),
-    }
-    out.update({f"train/codebook/{k}": v for k, v in qmetrics.items()})
-    return out
-
-
-def train_step(models: Models, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    """One generator + discriminator update with shared discriminator forwards (see above)."""
+def _shared_generator_grads(models: Models, state: TrainState, batch: Batch):
     lc = models.cfg.loss
-    key = jax.random.fold_in(state.rng, state.step)
     real = batch["audio"]
+    key = _step_key(state)
 
     def gen_fn(gen_params):
         fake, (wavlm, llm, new_cb, qm) = generator_forward(
@@ -207,97 +251,161 @@ def train_step(models: Models, state: TrainState, batch: Batch) -> tuple[TrainSt
     (fake, distill), gen_vjp, (wavlm, llm, new_cb, qm) = jax.vjp(
         gen_fn, state.gen_params, has_aux=True
     )
-
-    zero = jnp.zeros((), jnp.float32)
+    disc_real = disc_fake = None
     if lc.gan:
-
-        def disc_fn(dp, audio):
-            return models.disc.apply({"params": dp}, audio)
-
-        (lf, ff), vjp_fake = jax.vjp(disc_fn, state.disc_params, fake)
-        (lr, fr), vjp_real = jax.vjp(lambda dp: disc_fn(dp, real), state.disc_params)
-        (g_terms, (adv, feat, ms)), (d_lf, d_ff, d_fake) = jax.value_and_grad(
-            lambda a, b, c: _generator_terms(models, a, b, fr, c, real),
+        fake_out, vjp_fake = jax.vjp(
+            lambda dp, audio: _disc_apply(models, dp, audio), state.disc_params, fake
+        )
+        real_out, vjp_real = jax.vjp(lambda dp: _disc_apply(models, dp, real), state.disc_params)
+        disc_fake, disc_real = DiscForward(*fake_out, vjp_fake), DiscForward(*real_out, vjp_real)
+        (terms, (adv, feat, ms)), (d_logits, d_features, d_fake) = jax.value_and_grad(
+            lambda logits, features, audio: _generator_terms(
+                models, DiscForward(logits, features), disc_real.features, audio, real
+            ),
             argnums=(0, 1, 2),
             has_aux=True,
-        )(lf, ff, fake)
-        d_fake = d_fake + vjp_fake((d_lf, d_ff))[1]
-        # Discriminator: hinge on real and on the detached fake, same forwards.
-        loss_d, (dd_lr, dd_lf) = jax.value_and_grad(adv_losses.discriminator_loss, argnums=(0, 1))(
-            lr, sg(lf)
-        )
-        d_grads_real = vjp_real((dd_lr, jax.tree_util.tree_map(jnp.zeros_like, fr)))[0]
-        d_grads_fake = vjp_fake((dd_lf, jax.tree_util.tree_map(jnp.zeros_like, ff)))[0]
-        d_grads = jax.tree_util.tree_map(jnp.add, d_grads_real, d_grads_fake)
-        accs = adv_losses.discriminator_accuracy(lr, lf)
+        )(disc_fake.logits, disc_fake.features, fake)
+        d_fake = d_fake + vjp_fake((d_logits, d_features))[1]
     else:
-        (g_terms, (adv, feat, ms)), d_fake = jax.value_and_grad(
-            lambda c: _generator_terms(models, None, None, None, c, real), has_aux=True
+        (terms, (adv, feat, ms)), d_fake = jax.value_and_grad(
+            lambda audio: _generator_terms(models, None, None, audio, real), has_aux=True
         )(fake)
-        loss_d, d_grads, accs = zero, None, (zero, zero)
-
-    (g_grads,) = gen_vjp((d_fake, jnp.ones_like(distill)))
-    loss_g = g_terms + distill
-    return _finish(
-        models, state, loss_g, loss_d, adv, feat, wavlm, llm, ms, g_grads, d_grads, new_cb, qm, accs
-    )
+    (grads,) = gen_vjp((d_fake, jnp.ones_like(distill)))
+    losses = GeneratorLosses(terms + distill, adv, feat, ms, wavlm, llm)
+    return grads, losses, fake, new_cb, qm, disc_real, disc_fake
 
 
-def _finish(
-    models, state, loss_g, loss_d, adv, feat, wavlm, llm, ms, g_grads, d_grads, new_cb, qm, accs
-):
-    finite = [jnp.isfinite(loss_g), jnp.isfinite(loss_d), jnp.isfinite(optax.global_norm(g_grads))]
-    if d_grads is not None:
-        finite.append(jnp.isfinite(optax.global_norm(d_grads)))
-    ok = jnp.all(jnp.stack(finite))
-    new_state = _apply_updates(models, state, g_grads, d_grads, new_cb, ok)
-    parts = (loss_g, loss_d, adv, feat, wavlm, llm, ms)
-    metrics = _metrics(models, state, parts, g_grads, d_grads, qm, accs, ok)
-    return new_state, metrics
-
-
-def train_step_reference(
-    models: Models, state: TrainState, batch: Batch
-) -> tuple[TrainState, Metrics]:
-    """The original order with four discriminator forwards (tests only; same numbers)."""
+def _separate_generator_grads(models: Models, state: TrainState, batch: Batch):
     lc = models.cfg.loss
-    key = jax.random.fold_in(state.rng, state.step)
     real = batch["audio"]
-    dp0 = state.disc_params
-
-    def disc(dp, audio):
-        return models.disc.apply({"params": dp}, audio)
+    key = _step_key(state)
+    frozen_disc = sg(state.disc_params)
 
     def g_loss(gen_params):
         fake, (wavlm, llm, new_cb, qm) = generator_forward(
             models, gen_params, state.codebooks, batch, key
         )
+        fake_disc, real_features = None, None
         if lc.gan:
-            lf, ff = disc(sg(dp0), fake)
-            _, fr = disc(sg(dp0), real)
-        else:
-            lf = ff = fr = None
-        terms, (adv, feat, ms) = _generator_terms(models, lf, ff, sg(fr) if fr else fr, fake, real)
+            fake_disc = DiscForward(*_disc_apply(models, frozen_disc, fake))
+            real_features = _disc_apply(models, frozen_disc, real)[1]
+        terms, (adv, feat, ms) = _generator_terms(models, fake_disc, real_features, fake, real)
         total = terms + lc.alpha_wavlm * wavlm + lc.alpha_llm * llm
         return total, (fake, adv, feat, ms, wavlm, llm, new_cb, qm)
 
-    (loss_g, aux), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen_params)
+    (loss_g, aux), grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen_params)
     fake, adv, feat, ms, wavlm, llm, new_cb, qm = aux
+    losses = GeneratorLosses(loss_g, adv, feat, ms, wavlm, llm)
+    return grads, losses, fake, new_cb, qm, None, None
+
+
+def discriminator_update(
+    models: Models, state: TrainState, real: jax.Array, gen: GeneratorUpdate
+) -> DiscriminatorUpdate:
+    """Hinge loss on the real and the (detached) fake audio, gradient and optimizer step.
+
+    Uses the generator update's shared forwards when it has them (their VJPs give the
+    gradient), else runs the discriminator on ``real`` and ``gen.fake`` itself. The parameters
+    are the pre-update ones in both cases. Without a GAN it returns the state unchanged.
+    """
     zero = jnp.zeros((), jnp.float32)
-    if lc.gan:
+    if not models.cfg.loss.gan:
+        return DiscriminatorUpdate(state.disc_params, state.opt_d, None, zero, zero, zero)
+    if gen.disc_real is not None:
+        real_logits, fake_logits = gen.disc_real.logits, gen.disc_fake.logits
+        loss_d, (d_real, d_fake) = jax.value_and_grad(
+            adv_losses.discriminator_loss, argnums=(0, 1)
+        )(real_logits, sg(fake_logits))
+        no_features = jax.tree_util.tree_map(jnp.zeros_like, gen.disc_real.features)
+        grads_real = gen.disc_real.vjp((d_real, no_features))[0]
+        grads_fake = gen.disc_fake.vjp((d_fake, no_features))[0]
+        grads = jax.tree_util.tree_map(jnp.add, grads_real, grads_fake)
+    else:
 
         def d_loss(dp):
-            lf, _ = disc(dp, sg(fake))
-            lr, _ = disc(dp, real)
-            return adv_losses.discriminator_loss(lr, lf), (lr, lf)
+            fake_logits, _ = _disc_apply(models, dp, sg(gen.fake))
+            real_logits, _ = _disc_apply(models, dp, real)
+            return adv_losses.discriminator_loss(real_logits, fake_logits), (
+                real_logits,
+                fake_logits,
+            )
 
-        (loss_d, (lr, lf)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(dp0)
-        accs = adv_losses.discriminator_accuracy(lr, lf)
-    else:
-        loss_d, d_grads, accs = zero, None, (zero, zero)
-    return _finish(
-        models, state, loss_g, loss_d, adv, feat, wavlm, llm, ms, g_grads, d_grads, new_cb, qm, accs
+        (loss_d, (real_logits, fake_logits)), grads = jax.value_and_grad(d_loss, has_aux=True)(
+            state.disc_params
+        )
+    real_acc, fake_acc = adv_losses.discriminator_accuracy(real_logits, fake_logits)
+    updates, opt_state = models.tx_d.update(grads, state.opt_d, state.disc_params)
+    params = optax.apply_updates(state.disc_params, updates)
+    return DiscriminatorUpdate(params, opt_state, grads, loss_d, real_acc, fake_acc)
+
+
+def train_step(models: Models, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    """One generator update and one discriminator update (shared forwards per the config).
+
+    A non-finite loss or gradient leaves the state unchanged except for the step counter and
+    reports ``train/nonfinite = 1``.
+    """
+    shared = models.cfg.shared_disc_forward
+    return _combine(models, state, batch, shared)
+
+
+def train_step_reference(
+    models: Models, state: TrainState, batch: Batch
+) -> tuple[TrainState, Metrics]:
+    """The original trainer's order (four discriminator forwards): same numbers, more FLOPs."""
+    return _combine(models, state, batch, shared=False)
+
+
+def _combine(models: Models, state: TrainState, batch: Batch, shared: bool):
+    gen = generator_update(models, state, batch, shared_disc_forward=shared)
+    disc = discriminator_update(models, state, batch["audio"], gen)
+    finite = [
+        jnp.isfinite(gen.losses.loss_g),
+        jnp.isfinite(disc.loss_d),
+        jnp.isfinite(optax.global_norm(gen.grads)),
+    ]
+    if disc.grads is not None:
+        finite.append(jnp.isfinite(optax.global_norm(disc.grads)))
+    ok = jnp.all(jnp.stack(finite))
+    new = state.replace(
+        step=state.step + 1,
+        gen_params=gen.params,
+        codebooks=gen.codebooks,
+        disc_params=disc.params,
+        opt_g=gen.opt_state,
+        opt_d=disc.opt_state,
     )
+    keep = state.replace(step=state.step + 1)
+    new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, keep)
+    return new_state, _metrics(models, state, gen, disc, ok)
+
+
+def _metrics(
+    models: Models, state: TrainState, gen: GeneratorUpdate, disc: DiscriminatorUpdate, ok
+) -> Metrics:
+    cfg = models.cfg
+    losses = gen.losses
+    out = {
+        "train/loss_g": losses.loss_g,
+        "train/loss_d": disc.loss_d,
+        "train/adv_g": losses.adv_g,
+        "train/feat": losses.feat,
+        "train/wavlm": losses.wavlm,
+        "train/llm": losses.llm,
+        "train/msspec": losses.msspec,
+        "train/d_real_acc": disc.real_acc,
+        "train/d_fake_acc": disc.fake_acc,
+        "train/grad_norm_g": optax.global_norm(gen.grads),
+        "train/grad_norm_d": optax.global_norm(disc.grads)
+        if disc.grads is not None
+        else jnp.zeros(()),
+        "train/lr_g": jnp.asarray(cfg.optim.lr_g, jnp.float32),
+        "train/lr_d": jnp.asarray(cfg.optim.lr_d, jnp.float32),
+        "train/lr_rvq": jnp.asarray(rvq_learning_rate(cfg)(state.step), jnp.float32),
+        "train/nonfinite": 1.0 - ok.astype(jnp.float32),
+    }
+    out.update({f"train/codebook/{k}": v for k, v in gen.quantizer_metrics.items()})
+    return out
 
 
 def eval_step(models: Models, state: TrainState, batch: Batch) -> tuple[Metrics, jax.Array]:

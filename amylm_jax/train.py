@@ -12,22 +12,45 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from absl import flags
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+from tqdm import tqdm
 
-from amylm_jax.checkpoint import Checkpointer, abstract_like, config_to_json
-from amylm_jax.config import TrainConfig, from_dict
+from amylm_jax import cli, paths
+from amylm_jax.checkpoint import Checkpointer, abstract_like, abstract_state, restore_run_state
+from amylm_jax.config import TrainConfig, config_from_dict, config_to_json
+from amylm_jax.data import pipeline
+from amylm_jax.data.audio import write_wav
+from amylm_jax.data.demo import resolve_store
+from amylm_jax.data.store import open_store
+from amylm_jax.export.from_torch import load_codec_weights
 from amylm_jax.metrics import (
     EpochAccumulator,
     MetricWriter,
+    codebook_usage,
     epoch_record,
     step_record,
     truncate_after,
 )
-from amylm_jax.sharding import batch_sharding, global_batch, make_mesh, replicated, state_shardings
+from amylm_jax.report.rules import check_epoch
+from amylm_jax.sharding import (
+    batch_sharding,
+    global_batch,
+    initialize_distributed,
+    make_mesh,
+    replicated,
+    state_shardings,
+)
 from amylm_jax.state import Models, TrainState, build_models, create_state, init_params
 from amylm_jax.steps import eval_step, train_step, train_step_reference
 
@@ -38,39 +61,53 @@ class NonFiniteLossError(FloatingPointError):
     """A loss or gradient became NaN/Inf; the run stops without checkpointing the bad state."""
 
 
-# ------------------------------------------------------------------------------- configuration
-def config_from_dict(data: Any) -> TrainConfig:
-    """``ConfigDict``/dict -> TrainConfig, with the user-facing checks of required fields."""
-    data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
-    init = dict(data.get("init", {}))
-    weights = init.get("mimi_weights")
-    if weights == "":
-        raise ValueError(
-            "this config needs Kyutai's Mimi weights: pass "
-            "--config.init.mimi_weights=PATH/TO/tokenizer-e351c8d8-checkpoint125.safetensors "
-            "(a local file; nothing is downloaded), or --config.init.mimi_weights=none to start "
-            "from random weights"
-        )
-    for key in ("mimi_weights", "checkpoint"):
-        if isinstance(init.get(key), str) and init[key].lower() == "none":
-            init[key] = None
-    data["init"] = init
-    if init.get("mimi_weights") and not os.path.isfile(init["mimi_weights"]):
-        raise FileNotFoundError(
-            f"--config.init.mimi_weights={init['mimi_weights']}: no such file (pass a local "
-            "safetensors/PyTorch file, or none for random init)"
-        )
-    if data.get("data", {}).get("store", "demo") in ("", None):
-        raise ValueError("pass the feature store: --config.data.store=PATH (or demo)")
-    return from_dict(TrainConfig, data)
+#: Exit status after a preemption notice (SIGTERM): a checkpoint of the agreed step was
+#: written; run the same command again to resume. 75 is EX_TEMPFAIL ("try again later"); the
+#: SLURM script requeues the job on it and the TPU launcher's ``run`` loops on it.
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """Raised out of the loop after the preemption checkpoint of ``step`` is durable."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted: checkpoint of step {step} written; rerun to resume")
+        self.step = step
+
+
+class PreemptionWatch:
+    """Whether a preemption notice arrived, agreed on one step by every process.
+
+    Multi-process runs use JAX's preemption service: its agent catches SIGTERM on any process
+    and all processes see :meth:`reached` become true at the same step (the one after the
+    largest step any of them had reached). A single process catches SIGTERM itself and stops
+    after the step in flight. Must be asked at every step.
+    """
+
+    def __init__(self) -> None:
+        self.distributed = jax.process_count() > 1
+        self._flag = threading.Event()
+        self._previous = None
+        if not self.distributed and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        del signum, frame
+        log.warning("SIGTERM: stopping after this step with a checkpoint")
+        self._flag.set()
+
+    def reached(self, step: int) -> bool:
+        if self.distributed:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._flag.is_set()
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 # ------------------------------------------------------------------------------- state set-up
-def _abstract_state(models: Models) -> TrainState:
-    key = jax.random.PRNGKey(0)
-    return jax.eval_shape(lambda: create_state(models, *init_params(models, key), key))
-
-
 def initial_state(models: Models) -> TrainState:
     """Fresh state: random init, then Mimi weights or a previous phase's checkpoint."""
     cfg = models.cfg
@@ -78,8 +115,6 @@ def initial_state(models: Models) -> TrainState:
     k_init, k_run = jax.random.split(key)
     gen, codebooks, disc = init_params(models, k_init)
     if cfg.init.mimi_weights:
-        from amylm_jax.export.from_torch import load_codec_weights
-
         variables, report = load_codec_weights(
             cfg.init.mimi_weights, cfg.codec, base={"params": gen["codec"]}
         )
@@ -96,29 +131,39 @@ def initial_state(models: Models) -> TrainState:
     return create_state(models, gen, codebooks, disc, k_run)
 
 
-def restore_run_state(workdir: str, step: int | None = None) -> tuple[TrainConfig, TrainState]:
-    """Config and TrainState of a finished or running workdir (host arrays)."""
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        cfg = ckpt.restore_config(step)
-        dims = _dims_from_checkpoint(ckpt, step)
-        models = build_models(cfg, *dims)
-        state, _ = ckpt.restore(step, abstract_like(_abstract_state(models)))
-    finally:
-        ckpt.close()
-    return cfg, state
+# ------------------------------------------------------------------------------- resume
+#: Config fields a resumed run may change: budget, cadence, logging, checkpoint policy, data
+#: loading workers and where it started from. Everything else defines the run.
+RESUMABLE_CHANGES = (
+    "max_steps", "num_epochs", "eval_every_steps", "eval_max_batches", "num_eval_audio",
+    "log_every_steps", "tensorboard", "wandb_project", "checkpoint.", "init.",
+    "data.worker_count", "mesh",
+)  # fmt: skip
 
 
-def _dims_from_checkpoint(ckpt: Checkpointer, step: int | None) -> tuple[int, int]:
-    import orbax.checkpoint as ocp
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
 
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    progress = ckpt.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))[
-        "progress"
+
+def check_same_run(saved: TrainConfig, cfg: TrainConfig, workdir: str) -> None:
+    """Refuse to resume ``workdir`` with a config that defines a different run."""
+    old, new = _flatten(config_to_json(saved)), _flatten(config_to_json(cfg))
+    differ = [
+        k
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
     ]
-    return int(progress["wavlm_dim"]), int(progress["llm_dim"])
+    if differ:
+        shown = ", ".join(f"{k} ({old.get(k)!r} in the run, {new.get(k)!r} now)" for k in differ)
+        raise ValueError(
+            f"--workdir={workdir} already holds a run with a different config: {shown}. Use a "
+            "new --workdir, or resume with the run's own values."
+        )
 
 
 # ------------------------------------------------------------------------------- the loop
@@ -134,14 +179,12 @@ class _Run:
     is_main: bool
     last_epoch: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_fn: Any = None
+    preempt: PreemptionWatch | None = None
 
 
 def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     """Train until the budget is spent; returns the last epoch means (``train/*_epoch``)."""
-    from amylm_jax.data import pipeline
-    from amylm_jax.data.store import open_store, resolve_store
-
-    workdir = os.path.abspath(workdir)
+    workdir = os.fspath(paths.check_writable(workdir, "--workdir"))
     store = open_store(resolve_store(cfg.data.store))
     models = build_models(cfg, store.wavlm_dim, store.llm_dim)
     pidx, pcount = jax.process_index(), jax.process_count()
@@ -156,11 +199,12 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.num_epochs * spe
 
     ckpt = Checkpointer(workdir, cfg.checkpoint)
-    abstract = _abstract_state(models)
+    abstract = abstract_state(models)
     shardings = state_shardings(abstract, mesh)
     start = ckpt.latest_step()
     progress: dict[str, Any] = {}
     if start is not None:
+        check_same_run(ckpt.restore_config(start), cfg, workdir)
         state, progress = ckpt.restore(start, abstract_like(abstract, shardings))
         log.info("resumed from %s at step %d", ckpt.directory, start)
         if is_main:
@@ -201,9 +245,17 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     data = pipeline.make_train_iterator(
         cfg.data, process_index=pidx, process_count=pcount, store=store, start_step=start
     )
+    run.preempt = PreemptionWatch()
     try:
         state = _loop(run, state, step_fn, data, ckpt, store, start, bsh, rep, shardings)
     finally:
+        run.preempt.close()
+        log.info(
+            "process %d read %d bytes of store records (the store holds %d)",
+            pidx,
+            store.bytes_read,
+            store.size_bytes(),
+        )
         close = getattr(data, "close", None)
         if close:
             close()
@@ -213,8 +265,6 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
 
 
 def _loop(run: _Run, state, step_fn, data, ckpt, store, start, bsh, rep, shardings):
-    from tqdm import tqdm
-
     cfg = run.cfg
     seconds = cfg.data.segment_seconds * cfg.data.batch_size
     bar = tqdm(
@@ -238,7 +288,8 @@ def _loop(run: _Run, state, step_fn, data, ckpt, store, start, bsh, rep, shardin
         eval_due = (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or (
             not cfg.eval_every_steps and epoch_end
         )
-        ckpt_due = step % cfg.checkpoint.every_steps == 0 or step == run.total_steps
+        preempted = run.preempt is not None and run.preempt.reached(step)
+        ckpt_due = step % cfg.checkpoint.every_steps == 0 or step == run.total_steps or preempted
         if epoch_end or eval_due or ckpt_due:
             _handle(run, *pending, bar)
             pending = None
@@ -255,11 +306,23 @@ def _loop(run: _Run, state, step_fn, data, ckpt, store, start, bsh, rep, shardin
                 "wavlm_dim": run.models.wavlm_dim,
                 "llm_dim": run.models.llm_dim,
             }
-            ckpt.save(step, state, progress, cfg, metrics=run.last_epoch or None)
+            run.writer.flush()  # every record up to this checkpoint is durable before it
+            ckpt.save(step, state, progress, cfg, metrics=ranking_metrics(run, epoch_end))
+        if preempted:
+            ckpt.wait()
+            bar.close()
+            raise Preempted(step)
     if pending is not None:
         _handle(run, *pending, bar)
     bar.close()
     return state
+
+
+def ranking_metrics(run: _Run, epoch_end: bool) -> dict[str, float] | None:
+    """The metrics that rank a checkpoint among the best: the epoch means of the epoch that
+    ends at this step. A save in the middle of an epoch is not ranked (it is kept as one of
+    the latest), since the previous epoch's means do not describe its weights."""
+    return (run.last_epoch or None) if epoch_end else None
 
 
 def _handle(run: _Run, step: int, metrics, audio_per_s: float, bar) -> None:
@@ -291,21 +354,12 @@ def _end_epoch(run: _Run, step: int) -> None:
     run.writer.write(step, record, epoch=epoch)
     run.last_epoch = {k: v for k, v in record.items() if k.endswith("_epoch")}
     run.accum = EpochAccumulator()
-    try:
-        from amylm_jax.report_rules import check_epoch
-    except ImportError:
-        return
     if run.is_main:
         for line in check_epoch({k.removeprefix("train/"): v for k, v in run.last_epoch.items()}):
             log.warning("epoch %d: %s", epoch, line)
 
 
 def _evaluate(run: _Run, state, store, step: int, bsh, rep, shardings) -> None:
-    from jax.experimental import multihost_utils
-
-    from amylm_jax.codec import write_wav
-    from amylm_jax.data import pipeline
-
     cfg = run.cfg
     if run.eval_fn is None:
         run.eval_fn = jax.jit(
@@ -333,12 +387,12 @@ def _evaluate(run: _Run, state, store, step: int, bsh, rep, shardings) -> None:
             real = multihost_utils.process_allgather(batch["audio"], tiled=True)
             weight = multihost_utils.process_allgather(batch["weight"], tiled=True)
             if run.is_main:
-                out_dir = os.path.join(run.workdir, "audio", f"step_{step:07d}")
+                out_dir = paths.join(run.workdir, "audio", f"step_{step:07d}")
                 for j in range(min(cfg.num_eval_audio, audio.shape[0])):
                     if weight[j] <= 0:
                         continue
-                    write_wav(os.path.join(out_dir, f"{j}_original.wav"), real[j])
-                    write_wav(os.path.join(out_dir, f"{j}_reconstructed.wav"), audio[j])
+                    write_wav(out_dir / f"{j}_original.wav", real[j])
+                    write_wav(out_dir / f"{j}_reconstructed.wav", audio[j])
                     run.writer.audio(step, f"val/original_{j}", np.asarray(real[j]))
                     run.writer.audio(step, f"val/reconstructed_{j}", np.asarray(audio[j]))
     weight = totals.pop("val/weight", 0.0)
@@ -349,52 +403,50 @@ def _evaluate(run: _Run, state, store, step: int, bsh, rep, shardings) -> None:
     run.writer.write(step, record, epoch=(step - 1) // run.steps_per_epoch)
 
 
-def codebook_usage(codebooks: Any, cfg: TrainConfig) -> dict[str, float]:
-    """``val/codebook/usage_g``: fraction of codes with EMA usage > 0.1 x mean (active slots)."""
-    q = cfg.codec.quantizer
-    out = {}
-    groups = [("rvq_first", 0, q.n_q_first), ("rvq_rest", q.n_q_first, q.active_rest)]
-    for name, offset, n in groups:
-        for layer in range(n):
-            usage = np.asarray(codebooks["quantizer"][name][f"layers_{layer}"]["cluster_usage"])
-            out[f"val/codebook/usage_{offset + layer}"] = float(np.mean(usage > 0.1 * usage.mean()))
-    return out
-
-
 # ------------------------------------------------------------------------------- entry point
-def main(argv) -> None:
-    from absl import flags
+FLAGS = cli.new_flags()
+config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py).", flag_values=FLAGS, lock_config=True
+)
+flags.DEFINE_string(
+    "workdir", None, "Run directory, local or URL (checkpoints, metrics, audio).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (multi-process).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (multi-process).", flag_values=FLAGS
+)
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() (TPU pods: auto-detected).",
+    flag_values=FLAGS,
+)
 
-    del argv
-    FLAGS = flags.FLAGS
-    from amylm_jax.sharding import initialize_distributed
 
+def _main(args: list[str]) -> int:
+    if args:
+        raise cli.UsageError(f"unexpected arguments {args}; see --help")
+    if FLAGS.config is None or not FLAGS.workdir:
+        raise cli.UsageError("--config=configs/NAME.py and --workdir=DIR are required")
     initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
     )
-    logging.getLogger("amylm_jax").setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     cfg = config_from_dict(FLAGS.config)
-    train_and_evaluate(cfg, FLAGS.workdir)
+    try:
+        train_and_evaluate(cfg, FLAGS.workdir)
+    except Preempted as err:
+        log.warning("%s (exit status %d)", err, EXIT_PREEMPTED)
+        return EXIT_PREEMPTED
+    return 0
 
 
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, audio).")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
-    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
-    flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-    flags.DEFINE_bool(
-        "distributed", False, "Call jax.distributed.initialize() (TPU pods: auto-detected)."
-    )
-    flags.mark_flags_as_required(["config", "workdir"])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the trainer on ``argv`` (without the program name); returns the exit status."""
+    return cli.run(_main, FLAGS, "amylm_jax.train", __doc__, argv)
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    sys.exit(main())

@@ -39,12 +39,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_DEVICES}"
 ).strip()
 
-from pathlib import Path  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).")
@@ -60,8 +57,9 @@ def main(argv: list[str]) -> None:
     del argv
     import jax
     import jax.numpy as jnp
-    from throughput import _flops_of, _memory_dict, lower_and_compile, step_function, train_config
+    from throughput import _flops_of, _memory_dict, lower_and_compile
 
+    from amylm_jax.reference.jax_setup import step_function, train_config
     from amylm_jax.sharding import batch_sharding, make_mesh, replicated, state_shardings
     from amylm_jax.state import build_models, create_state, init_params
 

@@ -24,7 +24,8 @@ import time
 import numpy as np
 
 from amylm_jax.data import pipeline
-from amylm_jax.data.store import StoreWriter, frames_for_duration, open_store, resolve_store
+from amylm_jax.data.demo import resolve_store
+from amylm_jax.data.store import StoreWriter, frames_for_duration, open_store
 
 
 def measure(cfg: pipeline.DataConfig, batches: int, warmup: int) -> dict[str, float]:

@@ -8,9 +8,9 @@ numerically equivalent formulations ``amylm_jax`` implements; the median over ``
 after one warm-up. "fwd+bwd" is the forward plus the VJP the training step needs.
 
 - ``decoder``: SEANet decoder (transposed convs) ``dilated`` vs ``polyphase``
-  (``TrainConfig.transpose_method``).
+  (``CodecConfig.transpose_method``).
 - ``disc``: the five-scale discriminator on real + fake (``2 B`` examples), gradient to the
-  parameters and the audio, ``lax`` vs ``s2d`` (``TrainConfig.disc_conv_method``).
+  parameters and the audio, ``lax`` vs ``s2d`` (``DiscConfig.conv_method``).
 - ``stft``: the multi-scale mel loss, ``jnp.fft.rfft`` vs a DFT matmul at HIGHEST precision
   (``amylm_jax.losses.spectral.rfft_frames``).
 - ``vq``: the codebook EMA statistics of one training call (``B * frames`` vectors, 2048
@@ -27,17 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
-
-_HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
 
 FLAGS = flags.FLAGS
 SECTIONS = ("decoder", "disc", "stft", "vq", "encoder")
@@ -55,9 +50,9 @@ def _define_flags() -> None:
 def median_ms(fn: Callable[[], Any], reps: int) -> float:
     """Median wall time of ``fn()`` (blocked until ready) over ``reps`` runs after a warm-up."""
     import jax
-    from throughput import _median_ms
+    from profile_parts import median_ms
 
-    return _median_ms(lambda: jax.block_until_ready(fn()), reps)
+    return median_ms(lambda: jax.block_until_ready(fn()), reps)
 
 
 def _fwd_and_grad(f: Callable, args: tuple, argnums: tuple[int, ...], reps: int) -> dict:
@@ -172,8 +167,8 @@ def bench_vq(cfg, audio, reps: int) -> dict:
 def bench_encoder(cfg, audio, reps: int) -> dict:
     import jax
     import jax.numpy as jnp
-    from throughput import LLM_DIM, WAVLM_DIM, jax_setup, make_batch
 
+    from amylm_jax.reference.jax_setup import LLM_DIM, WAVLM_DIM, jax_setup, make_batch
     from amylm_jax.steps import generator_forward
 
     out = {}
@@ -223,7 +218,8 @@ def main(argv: list[str]) -> None:
     del argv
     import jax
     import numpy as np
-    from throughput import train_config
+
+    from amylm_jax.reference.inputs import train_config
 
     unknown = sorted(set(FLAGS.only) - set(SECTIONS))
     if unknown:

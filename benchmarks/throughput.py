@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py --config=configs/adapt.py --batch=4 --seconds=1.0 \\
         --json=/tmp/tp.json [--steps=5] [--warmup=2] [--precision=fp32|bf16] [--skip_torch] \\
-        [--torch_precision=fp32|tf32|bf16] [--profile] [--disc_conv=config|im2col]
+        [--torch_precision=fp32|tf32|bf16] [--profile]
 
 Both sides start from the same random weights (no weights file: ``init.mimi_weights`` is
 forced to none) with every codebook slot initialised (random centroids, ``initialized = 1``),
@@ -23,16 +23,13 @@ for the backend; see ``benchmarks/formulations.py``).
 
 ``--profile`` adds per-component timings of the JAX step (codec forward / forward+backward,
 each discriminator scale forward / forward+backward on real+fake, msspec) and the same parts
-in PyTorch. ``--disc_conv=im2col`` swaps the discriminator's ``lax.conv_general_dilated`` for
-an im2col + matmul formulation (a prototype, see :func:`conv2d_im2col`) by patching
-``amylm_jax.models.discriminator.conv2d`` in this process only.
+in PyTorch. The formulations are chosen in the config (``--config.disc.conv_method``,
+``--config.codec.transpose_method``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
 import resource
 import statistics
@@ -43,12 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import profile_parts  # a sibling module: run this file as a script
 from absl import app, flags
 from ml_collections import config_flags
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
+from amylm_jax.reference.inputs import LLM_DIM, WAVLM_DIM, make_batch, train_config
 
 FLAGS = flags.FLAGS
 
@@ -67,134 +63,16 @@ def _define_flags() -> None:
     )
     flags.DEFINE_bool("skip_torch", False, "Measure JAX only.")
     flags.DEFINE_bool("profile", False, "Also time the parts of the step.")
-    flags.DEFINE_enum(
-        "disc_conv",
-        "config",
-        ["config", "im2col"],
-        "Discriminator conv (JAX): the config's disc_conv_method (set it with "
-        "--config.disc_conv_method=lax|s2d|auto), or the im2col prototype.",
-    )
     flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Internal: which side to run.")
     flags.DEFINE_string("weights", None, "Internal: initial weights (.npz, PyTorch layout).")
     flags.DEFINE_integer("seed", 0, "Seed of the weights and the batch.")
 
-
-WAVLM_DIM, LLM_DIM = 1024, 2048
 
 #: Dense peak FLOP/s per math mode (NVIDIA data sheets, SXM parts).
 PEAK_FLOPS = {
     "H100": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12},
     "H200": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12},
 }
-
-
-# ------------------------------------------------------------------------------ shared set-up
-def train_config(config: Any, precision: str = "fp32"):
-    """TrainConfig from a ConfigDict with random init and no data store (benchmarks only)."""
-    from amylm_jax.train import config_from_dict
-
-    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    data["init"] = {**data.get("init", {}), "mimi_weights": None, "checkpoint": None}
-    data["data"] = {**data.get("data", {}), "store": data.get("data", {}).get("store") or "none"}
-    data["precision"] = precision
-    return config_from_dict(data)
-
-
-def random_codebooks(codebooks: Any, key: Any) -> Any:
-    """Every slot initialised with random centroids (``sum ~ N(0, 1)``, usage in [0.5, 1.5])."""
-    import jax
-    import jax.numpy as jnp
-
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(codebooks)
-    out = []
-    for i, (path, x) in enumerate(leaves):
-        name = path[-1].key
-        k = jax.random.fold_in(key, i)
-        if name == "embedding_sum":
-            x = jax.random.normal(k, x.shape, jnp.float32)
-        elif name == "cluster_usage":
-            x = jax.random.uniform(k, x.shape, jnp.float32, 0.5, 1.5)
-        elif name == "initialized":
-            x = jnp.ones_like(x)
-        out.append(x)
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def make_batch(cfg: Any, batch: int, seconds: float, seed: int, wavlm_dim: int, llm_dim: int):
-    """Random numpy batch: audio ``[B, N]`` (tones + noise), teacher features ``[B, T, D]``."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    n = int(round(seconds * cfg.codec.sample_rate))
-    frames = math.ceil(n / cfg.codec.frame_size)
-    t = np.arange(n) / cfg.codec.sample_rate
-    tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400, (batch, 1)) * t)
-    audio = (tone + 0.05 * rng.standard_normal((batch, n))).astype(np.float32)
-    return {
-        "audio": audio,
-        "wavlm": rng.standard_normal((batch, frames, wavlm_dim)).astype(np.float32),
-        "llm": rng.standard_normal((batch, frames, llm_dim)).astype(np.float32),
-        "mask": np.ones((batch, frames), np.float32),
-    }
-
-
-def jax_setup(cfg: Any, seed: int, wavlm_dim: int = WAVLM_DIM, llm_dim: int = LLM_DIM):
-    """``(models, state)``: random weights, all codebooks initialised, fresh optimizers."""
-    import jax
-
-    from amylm_jax.state import build_models, create_state, init_params
-
-    models = build_models(cfg, wavlm_dim, llm_dim)
-    k_init, k_cb, k_run = jax.random.split(jax.random.PRNGKey(seed), 3)
-    gen, codebooks, disc = init_params(models, k_init)
-    state = create_state(models, gen, random_codebooks(codebooks, k_cb), disc, k_run)
-    return models, state
-
-
-def step_function(models: Any):
-    """The production train step (shared discriminator forwards unless the config says no)."""
-    from amylm_jax.steps import train_step, train_step_reference
-
-    fn = train_step if models.cfg.shared_disc_forward else train_step_reference
-    return functools.partial(fn, models)
-
-
-# ------------------------------------------------------------------------------ prototype conv
-def conv2d_im2col(x, kernel, bias, stride, dilation, padding, dtype):
-    """``nn.Conv2d`` as im2col + one matmul (channels-last), a drop-in for ``conv2d``.
-
-    The ``kh * kw`` shifted, strided views of the padded input are concatenated on the
-    channel axis (``[B, H', W', kh * kw * C]``) and multiplied by the reshaped kernel. On CPU
-    this runs the FLOPs in XLA's dot emitter (Eigen / oneDNN matmul) instead of its generic
-    convolution; the backward of the slices is pads and adds.
-    """
-    import jax.numpy as jnp
-
-    kh, kw, c, o = kernel.shape
-    (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding
-    x = jnp.pad(x.astype(dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    h_out = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
-    w_out = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
-    cols = [
-        x[
-            :,
-            i * dh : i * dh + sh * (h_out - 1) + 1 : sh,
-            j * dw : j * dw + sw * (w_out - 1) + 1 : sw,
-            :,
-        ]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    patches = jnp.concatenate(cols, axis=-1)
-    y = patches @ kernel.astype(dtype).reshape(kh * kw * c, o)
-    return y + bias.astype(dtype)
-
-
-def _use_disc_conv(kind: str) -> None:
-    if kind == "im2col":
-        from amylm_jax.models import discriminator
-
-        discriminator.conv2d = conv2d_im2col
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -214,15 +92,6 @@ def _mfu(flops: float | None, step_s: float, device_name: str, mode: str) -> flo
     if not flops or peak is None:
         return None
     return flops / step_s / peak
-
-
-def _time(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def lower_and_compile(jitted: Any, *args: Any) -> tuple[Any, float, float]:
@@ -246,10 +115,12 @@ def run_jax(cfg: Any, weights_out: str | None) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    _use_disc_conv(FLAGS.disc_conv)
+    # JAX only in the JAX subprocess (the PyTorch one measures its own memory).
+    from amylm_jax.reference.jax_setup import jax_setup, step_function
+
     models, state = jax_setup(cfg, FLAGS.seed)
     if weights_out:
-        from torch_baseline import trainer_state_from_jax
+        from amylm_jax.reference.torch_step import trainer_state_from_jax
 
         np.savez(weights_out, **trainer_state_from_jax(state, cfg))
     batch = jax.device_put(
@@ -271,7 +142,7 @@ def run_jax(cfg: Any, weights_out: str | None) -> dict[str, Any]:
 
     for _ in range(FLAGS.warmup):
         one()
-    times = _time(one, FLAGS.steps)
+    times = profile_parts.time_calls(one, FLAGS.steps)
     metrics = first[0]
     step_s = statistics.median(times)
     dev = jax.devices()[0]
@@ -285,8 +156,8 @@ def run_jax(cfg: Any, weights_out: str | None) -> dict[str, Any]:
     result = {
         "device": dev.device_kind,
         "precision": cfg.precision,
-        "disc_conv": "im2col" if FLAGS.disc_conv == "im2col" else cfg.resolved_disc_conv_method(),
-        "transpose_method": cfg.resolved_transpose_method(),
+        "disc_conv": cfg.disc.resolved_conv_method(),
+        "transpose_method": cfg.codec.resolved_transpose_method(),
         "audio_s_per_s": FLAGS.batch * FLAGS.seconds / step_s,
         "step_ms": step_s * 1e3,
         "step_ms_all": [t * 1e3 for t in times],
@@ -299,7 +170,7 @@ def run_jax(cfg: Any, weights_out: str | None) -> dict[str, Any]:
         "losses": {k: float(metrics[f"train/{k}"]) for k in ("loss_g", "loss_d", "msspec")},
     }
     if FLAGS.profile:
-        result["profile_ms"] = profile_jax(models, state, batch)
+        result["profile_ms"] = profile_parts.profile_jax(models, state, batch)
     return result
 
 
@@ -315,10 +186,11 @@ def _memory_dict(mem: Any) -> dict[str, float] | None:
 
 
 def run_torch(cfg: Any, weights: str | None) -> dict[str, Any]:
-    """Time the PyTorch step of ``torch_baseline`` from the same initial weights."""
+    """Time the PyTorch re-statement of the step from the same initial weights."""
     import numpy as np
     import torch
-    from torch_baseline import TorchTrainer, load_trainer_state
+
+    from amylm_jax.reference.torch_step import TorchTrainer, load_trainer_state
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = FLAGS.torch_precision or FLAGS.precision
@@ -359,7 +231,7 @@ def run_torch(cfg: Any, weights: str | None) -> dict[str, Any]:
         one()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = _time(one, FLAGS.steps)
+    times = profile_parts.time_calls(one, FLAGS.steps)
     losses = first[0]
     step_s = statistics.median(times)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
@@ -378,119 +250,11 @@ def run_torch(cfg: Any, weights: str | None) -> dict[str, Any]:
         "losses": {k: float(losses[k]) for k in ("loss_g", "loss_d", "msspec")},
     }
     if FLAGS.profile:
-        result["profile_ms"] = profile_torch(trainer, audio)
+        result["profile_ms"] = profile_parts.profile_torch(trainer, audio)
     return result
 
 
 # ------------------------------------------------------------------------------ profiles
-def _median_ms(fn, n: int = 3) -> float:
-    fn()  # compile / warm up
-    return statistics.median(_time(fn, n)) * 1e3
-
-
-def profile_jax(models: Any, state: Any, batch: dict) -> dict[str, float]:
-    """Median times of the step's parts (each jitted alone) at the benchmark batch."""
-    import jax
-    import jax.numpy as jnp
-
-    from amylm_jax.losses.spectral import msspec_loss
-    from amylm_jax.models.discriminator import DiscriminatorSTFT
-    from amylm_jax.steps import MEL_CONFIG, generator_forward
-
-    out: dict[str, float] = {}
-    key = jax.random.PRNGKey(1)
-    gp, cb = state.gen_params, state.codebooks
-
-    def gen(p):
-        fake, (wavlm, llm, _, _) = generator_forward(models, p, cb, batch, key)
-        return fake, wavlm + llm
-
-    fwd = jax.jit(gen)
-    out["codec_fwd"] = _median_ms(lambda: jax.block_until_ready(fwd(gp)))
-
-    @jax.jit
-    def fwd_bwd(p):
-        (fake, distill), vjp = jax.vjp(gen, p)
-        return vjp((jnp.ones_like(fake), jnp.ones_like(distill)))
-
-    out["codec_fwd_bwd"] = _median_ms(lambda: jax.block_until_ready(fwd_bwd(gp)))
-
-    audio = batch["audio"]
-    both = jnp.concatenate([audio, audio * 0.9], axis=0)  # real + fake, as in the shared step
-    d = models.cfg.disc
-    for k, (n_fft, hop, win) in enumerate(zip(d.n_ffts, d.hop_lengths, d.win_lengths, strict=True)):
-        sub = DiscriminatorSTFT(d.filters, n_fft, hop, win, dtype=models.compute_dtype)
-        params = state.disc_params[f"discs_{k}"]
-
-        def apply(p, x, sub=sub):
-            return sub.apply({"params": p}, x)
-
-        f = jax.jit(apply)
-        out[f"disc{n_fft}_fwd"] = _median_ms(
-            lambda f=f, p=params: jax.block_until_ready(f(p, both))
-        )
-
-        @jax.jit
-        def fb(p, x, apply=apply):
-            (lg, fm), vjp = jax.vjp(apply, p, x)
-            return vjp((jnp.ones_like(lg), [jnp.ones_like(m) for m in fm]))
-
-        out[f"disc{n_fft}_fwd_bwd"] = _median_ms(
-            lambda fb=fb, p=params: jax.block_until_ready(fb(p, both))
-        )
-
-    ms = jax.jit(jax.value_and_grad(lambda x: msspec_loss(x, audio, MEL_CONFIG)))
-    out["msspec_fwd_bwd"] = _median_ms(lambda: jax.block_until_ready(ms(audio * 0.9)))
-    return out
-
-
-def profile_torch(trainer: Any, audio: Any) -> dict[str, float]:
-    """The PyTorch counterparts of :func:`profile_jax` (same batch; no optimizer steps)."""
-    import torch
-    from torch_reference import torch_msspec_loss
-
-    out: dict[str, float] = {}
-    sync = torch.cuda.synchronize if audio.is_cuda else (lambda: None)
-
-    def fwd():
-        with torch.no_grad():
-            trainer.generator_forward(audio)
-        sync()
-
-    def fwd_bwd():
-        fake, sp = trainer.generator_forward(audio)
-        (fake.sum() + sp.x.sum()).backward()
-        sync()
-
-    out["codec_fwd"] = _median_ms(fwd)
-    out["codec_fwd_bwd"] = _median_ms(fwd_bwd)
-    both = torch.cat([audio, audio * 0.9], dim=0).requires_grad_(True)
-    for sub in trainer.disc.discriminators:
-
-        def dfwd(sub=sub):
-            with torch.no_grad():
-                sub(both)
-            sync()
-
-        def dfb(sub=sub):
-            lg, fm = sub(both)
-            (lg.sum() + sum(m.sum() for m in fm)).backward()
-            sync()
-
-        out[f"disc{sub.n_fft}_fwd"] = _median_ms(dfwd)
-        out[f"disc{sub.n_fft}_fwd_bwd"] = _median_ms(dfb)
-
-    def ms():
-        x = (audio * 0.9).requires_grad_(True)
-        torch_msspec_loss(x, audio).backward()
-        sync()
-
-    out["msspec_fwd_bwd"] = _median_ms(ms)
-    trainer.zero_grad(set_to_none=True)
-    return out
-
-
-# ------------------------------------------------------------------------------ driver
 def _subprocess(side: str, json_path: str, weights: str | None) -> dict[str, Any]:
     argv = [a for a in sys.argv[1:] if not a.startswith(("--json", "--side", "--weights"))]
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv]

@@ -1,4 +1,4 @@
-"""Phase 1, adaptation (REF, SPEC §7): reconstruction-heavy training from Kyutai's Mimi.
+"""Phase 1, adaptation (REF, docs/original.md §7): reconstruction-heavy training from Kyutai's Mimi.
 
     python -m amylm_jax.train --config=configs/adapt.py --workdir=runs/adapt \\
         --config.init.mimi_weights=/path/to/tokenizer-e351c8d8-checkpoint125.safetensors \\

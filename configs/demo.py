@@ -5,25 +5,19 @@
 A few minutes on 2 CPU cores. The store ``demo`` is built on first use (tiny random teachers).
 """
 
+import dataclasses
+
+import ml_collections
+
+from amylm_jax.config import tiny_codec_config
 from amylm_jax.config_dicts import base_config
 
 
 def get_config(arg=None):
     del arg
     cfg = base_config()
-    c = cfg.codec
-    c.seanet.dimension = 32
-    c.seanet.n_filters = 4
-    c.transformer.d_model = 32
-    c.transformer.num_heads = 2
-    c.transformer.num_layers = 2
-    c.transformer.dim_feedforward = 64
-    c.quantizer.dimension = 16
-    c.quantizer.input_dimension = 32
-    c.quantizer.output_dimension = 32
-    c.quantizer.bins = 64
-    c.quantizer.n_q = 6
-    c.quantizer.num_codebooks = 4
+    # The small codec of the tests (real 24 kHz / 12.5 Hz frame arithmetic): one definition.
+    cfg.codec = ml_collections.ConfigDict(dataclasses.asdict(tiny_codec_config()))
     # Three STFT scales of 8 filters: the discriminator dominates a CPU step.
     cfg.disc.filters = 8
     cfg.disc.n_ffts = (512, 256, 128)

@@ -4,9 +4,11 @@
 #   launch/tpu_pod.sh create  --name=amy-v5e --zone=us-west4-a --accelerator=v5litepod-16 \
 #                             --version=v2-alpha-tpuv5-lite [--spot|--preemptible]
 #   launch/tpu_pod.sh setup   --name=amy-v5e --zone=us-west4-a --repo_url=URL [--repo_ref=main]
+#   launch/tpu_pod.sh prepare --name=amy-v5e --zone=us-west4-a --manifest=gs://b/align.jsonl \
+#                             --store=gs://b/stores/amy [--env=...] [-- extra prepare flags]
 #   launch/tpu_pod.sh store   --name=amy-v5e --zone=us-west4-a --store_src=gs://b/store --store=store
 #   launch/tpu_pod.sh run     --name=amy-v5e --zone=us-west4-a --workdir=gs://b/runs/adapt1 \
-#                             --store=store [--config=configs/adapt.py] [--config.a.b=v ...]
+#                             --store=gs://b/stores/amy [--config=configs/adapt.py] [--config.a.b=v ...]
 #   launch/tpu_pod.sh logs    --name=amy-v5e --zone=us-west4-a [--worker=0] [--lines=100]
 #   launch/tpu_pod.sh status | stop | delete  --name=amy-v5e --zone=us-west4-a
 #   launch/tpu_pod.sh ssh     --name=amy-v5e --zone=us-west4-a [--worker=all] -- 'COMMAND'
@@ -31,14 +33,19 @@ Subcommands
   create   create the TPU VM slice (gcloud compute tpus tpu-vm create)
   setup    on every worker: clone or update the repository at --repo_ref, create .venv if
            missing, pip install -e . and jax[tpu]. Safe to rerun.
-  store    on every worker: copy the feature store from --store_src (gs://...) to --store
-           (a path on the worker's disk). rsync, so safe to rerun.
+  prepare  teacher extraction on every worker at once: worker W of N extracts block W of
+           --manifest into --store/parts/ (resumable clip by clip), then worker 0 joins the
+           parts into one store. Rerun after a failure: finished clips are not redone.
+  store    optional: copy the feature store from --store_src (gs://...) to --store (a path
+           on the worker's disk). run can also read a gs:// store in place. Safe to rerun.
   run      start training on every worker at once, detached (nohup + setsid), appending to
            logs/train-<hostname>.log in the checkout. Extra --config.* flags and anything
-           after -- are passed to the trainer.
+           after -- are passed to the trainer. It resumes from --workdir's last checkpoint:
+           after a preemption (exit status 75, checkpoint written) run it again.
   logs     tail one worker's log (--worker=N, default 0)
   status   say on every worker whether training runs, with the last log line
-  stop     stop training on every worker (SIGTERM to the process group, SIGKILL after 60 s)
+  stop     stop training on every worker: SIGTERM (the trainer writes a checkpoint of the
+           step all workers agree on and exits 75), SIGKILL after --grace seconds
   ssh      run the command given after -- on --worker (default all)
   delete   delete the TPU VM slice
 
@@ -55,14 +62,17 @@ Flags (environment variable in brackets)
   --remote_dir=DIR       checkout on the workers, relative to the home directory or absolute
                          [REMOTE_DIR, default amylm_jax]
   --store_src=URL        where the built store lives, gs://... [STORE_SRC] (store)
-  --store=PATH           store path on every worker [STORE]; run passes it as
-                         --config.data.store (the config's default if unset)
+  --store=PATH|URL       the feature store [STORE]: run passes it as --config.data.store
+                         (a gs:// store is read in place with ranged reads; the config's
+                         default if unset); prepare writes it
+  --manifest=PATH|URL    alignment manifest, readable on every worker [MANIFEST] (prepare)
   --workdir=gs://...     checkpoints and metrics, shared by all workers [WORKDIR] (run)
   --local_workdir        allow a workdir that is not gs:// (single-host slices only)
   --config=FILE          config file [CONFIG, default configs/adapt.py]
   --env=NAME=VALUE       environment variable for the trainer (repeatable)      (run)
   --worker=N|all         worker for logs (default 0) and ssh (default all)
   --lines=N              lines of log to show first (default 100)                (logs)
+  --grace=SECONDS        how long stop waits for the checkpoint before SIGKILL (default 300)
   --no_follow            print the log and return instead of following it        (logs)
   --yes                  delete without asking                                   (delete)
   --dry_run              print the commands instead of running them
@@ -78,6 +88,8 @@ TPU_VERSION=${TPU_VERSION:-}
 REPO_URL=${REPO_URL:-}
 REPO_REF=${REPO_REF:-main}
 REMOTE_DIR=${REMOTE_DIR:-amylm_jax}
+MANIFEST=${MANIFEST:-}
+GRACE=${GRACE:-300}
 WORKDIR=${WORKDIR:-}
 CONFIG=${CONFIG:-configs/adapt.py}
 STORE=${STORE:-}
@@ -118,6 +130,8 @@ while (($#)); do
     --config.*) EXTRA+=("$arg") ;;
     --store | --store=*) STORE=$(need_value "$arg") ;;
     --store_src | --store_src=*) STORE_SRC=$(need_value "$arg") ;;
+    --manifest | --manifest=*) MANIFEST=$(need_value "$arg") ;;
+    --grace | --grace=*) GRACE=$(need_value "$arg") ;;
     --env | --env=*) ENVS+=("$(need_value "$arg")") ;;
     --worker | --worker=*) WORKER=$(need_value "$arg") ;;
     --lines | --lines=*) LINES=$(need_value "$arg") ;;
@@ -206,7 +220,6 @@ cmd_run() {
   if [[ $WORKDIR != gs://* && $LOCAL_WORKDIR == 0 ]]; then
     die "--workdir must be a gs:// path that every worker shares (got '${WORKDIR}'); pass --local_workdir on a single-host slice"
   fi
-  [[ $STORE != gs://* ]] || die "--store must be a path on each worker's disk; copy it there with the store subcommand"
   local train=(python -m amylm_jax.train "--config=${CONFIG}" "--workdir=${WORKDIR}" --distributed)
   [[ -z $STORE ]] || train+=("--config.data.store=${STORE}")
   train+=("${EXTRA[@]}")
@@ -241,11 +254,32 @@ cmd_status() {
   on_workers all "cd ${D} 2>/dev/null || { echo \"\$(hostname): no checkout\"; exit 0; }; if ${ALIVE}; then echo \"\$(hostname): running (pid \$(cat ${PID_FILE}))\"; else echo \"\$(hostname): not running\"; fi; tail -n 1 ${LOG_FILE} 2>/dev/null || true"
 }
 
+cmd_prepare() {
+  common
+  require MANIFEST --manifest
+  require STORE --store
+  local md="http://metadata.google.internal/computeMetadata/v1/instance/attributes"
+  local prep=(python -m amylm_jax.prepare "--manifest=${MANIFEST}" "--out=${STORE}")
+  prep+=("${EXTRA[@]}")
+  local env=(env PYTHONUNBUFFERED=1 "${ENVS[@]}")
+  local steps=(
+    "set -e"
+    "cd ${D}"
+    ". .venv/bin/activate"
+    "W=\$(curl -s -H Metadata-Flavor:Google ${md}/agent-worker-number)"
+    "N=\$(curl -s -H Metadata-Flavor:Google ${md}/worker-network-endpoints | tr ',' '\\n' | grep -c .)"
+    "$(quote_all "${env[@]}" "${prep[@]}") --num_shards=\"\$N\" --shard_index=\"\$W\""
+  )
+  on_workers all "$(join_steps "${steps[@]}")"
+  on_workers 0 "set -e; cd ${D}; . .venv/bin/activate; $(quote_all python -m amylm_jax.prepare --join "--out=${STORE}")"
+}
+
 cmd_stop() {
   common
+  [[ $GRACE =~ ^[0-9]+$ ]] || die "--grace must be a number of seconds (got '${GRACE}')"
   local steps=(
     "cd ${D} 2>/dev/null || exit 0"
-    "if ${ALIVE}; then P=\$(cat ${PID_FILE}); kill -TERM -- \"-\$P\" 2>/dev/null || kill -TERM \"\$P\"; i=0; while kill -0 \"\$P\" 2>/dev/null && [ \$i -lt 60 ]; do sleep 1; i=\$((i+1)); done; if kill -0 \"\$P\" 2>/dev/null; then kill -KILL -- \"-\$P\" 2>/dev/null || kill -KILL \"\$P\"; fi; echo \"\$(hostname): stopped pid \$P\"; else echo \"\$(hostname): not running\"; fi"
+    "if ${ALIVE}; then P=\$(cat ${PID_FILE}); kill -TERM -- \"-\$P\" 2>/dev/null || kill -TERM \"\$P\"; i=0; while kill -0 \"\$P\" 2>/dev/null && [ \$i -lt ${GRACE} ]; do sleep 1; i=\$((i+1)); done; if kill -0 \"\$P\" 2>/dev/null; then kill -KILL -- \"-\$P\" 2>/dev/null || kill -KILL \"\$P\"; fi; echo \"\$(hostname): stopped pid \$P\"; else echo \"\$(hostname): not running\"; fi"
     "rm -f ${PID_FILE}"
   )
   on_workers all "$(join_steps "${steps[@]}")"
@@ -279,7 +313,7 @@ join_steps() {
   printf '%s' "$out"
 }
 
-if ((${#EXTRA[@]})) && [[ $CMD != run && $CMD != ssh ]]; then
+if ((${#EXTRA[@]})) && [[ $CMD != run && $CMD != ssh && $CMD != prepare ]]; then
   die "${CMD} takes no trainer arguments (got '${EXTRA[*]}')"
 fi
 
@@ -287,6 +321,7 @@ case $CMD in
   create) cmd_create ;;
   setup) cmd_setup ;;
   store) cmd_store ;;
+  prepare) cmd_prepare ;;
   run) cmd_run ;;
   logs) cmd_logs ;;
   status) cmd_status ;;

@@ -8,6 +8,7 @@ WORKDIR=${WORKDIR:-runs/demo}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# shellcheck source=/dev/null
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # PyTorch (CPU) runs the tiny random teacher models that build the demo feature store.

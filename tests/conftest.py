@@ -34,6 +34,27 @@ def pytest_configure(config):
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
+# CI runs every test: a skip there means a missing dependency (a Debian package, moshi, ...)
+# that would otherwise hide a whole suite. With AMYLM_FAIL_ON_SKIP=1 (set by scripts/test.sh)
+# any skipped test fails the session, naming the test and the reason.
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller decides
+        return
+    if os.environ.get("AMYLM_FAIL_ON_SKIP") == "1" and _SKIPPED:
+        lines = "\n  ".join(_SKIPPED)
+        print(f"\nAMYLM_FAIL_ON_SKIP=1 and {len(_SKIPPED)} test(s) were skipped:\n  {lines}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def load_config(name: str):
     """A fresh ``ConfigDict`` from ``configs/<name>.py`` (as ``--config=`` loads it)."""
     spec = importlib.util.spec_from_file_location(f"{name}_config", REPO / "configs" / f"{name}.py")
@@ -44,6 +65,7 @@ def load_config(name: str):
 
 def _build_demo_checkpoint(workdir: Path) -> None:
     from amylm_jax import train
+    from amylm_jax.config import config_from_dict
 
     config = load_config("demo")
     config.max_steps = 2
@@ -53,7 +75,7 @@ def _build_demo_checkpoint(workdir: Path) -> None:
     # The tests run on 8 virtual devices and the global batch is split over all of them.
     config.data.batch_size = 8
     config.data.segment_seconds = 0.64  # 8 frames; about the demo's 4 x 1 s of audio per step
-    train.train_and_evaluate(train.config_from_dict(config), str(workdir))
+    train.train_and_evaluate(config_from_dict(config), str(workdir))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Independent NumPy (float64) reference of the EMA codebook and residual VQ (SPEC §3.4-3.7).
+"""Independent NumPy (float64) reference of the EMA codebook and residual VQ (docs/original.md
+§3.4-3.7).
 
 Written from the specification, not from the JAX code. Randomness is taken as input: the
 caller passes the row indices that were sampled for k-means and for dead-code candidates, so
@@ -69,7 +70,7 @@ def assign(x: np.ndarray, means: np.ndarray, tie_break: np.ndarray | None = None
 
 
 def kmeans(x: np.ndarray, index_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §3.5: row 0 = initial picks, row i+1 = resample pool of iteration i."""
+    """docs/original.md §3.5: row 0 = initial picks, row i+1 = resample pool of iteration i."""
     k = index_rows.shape[1]
     means = x[index_rows[0]].copy()
     bins = None
@@ -94,7 +95,7 @@ def codebook_train(
     candidate_rows: np.ndarray,
     tie_break: np.ndarray | None = None,
 ) -> RefStep:
-    """SPEC §3.4 steps 1-8 in place on ``cb``; returns codes, q and the metrics."""
+    """docs/original.md §3.4 steps 1-8 in place on ``cb``; returns codes, q and the metrics."""
     x = np.asarray(x, np.float64)
     if allow_init and not cb.initialized:
         means, bins = kmeans(x, kmeans_rows)
@@ -142,7 +143,8 @@ def rvq_train(
     offset: int = 0,
     tie_break: np.ndarray | None = None,
 ) -> dict:
-    """SPEC §3.7 training forward of one residual VQ (values only; gradients are not modelled).
+    """docs/original.md §3.7 training forward of one residual VQ (values only; gradients are not
+    modelled).
 
     ``emb`` is ``[B, T, I]`` channels-last, ``w_in`` ``[I, D]``, ``w_out`` ``[D, O]``.
     Returns x ``[B, T, O]``, codes ``[B, K, T]``, per-layer q ``[K, B*T, D]``, penalty and

@@ -1,4 +1,5 @@
-"""Hinge / feature-matching losses: sanity values (SPEC §8, §12), PyTorch parity, gradients."""
+"""Hinge / feature-matching losses: sanity values (docs/original.md §8, §12), PyTorch parity,
+gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from amylm_jax.losses.adversarial import (
     generator_adv_loss,
 )
 from amylm_jax.models.discriminator import MultiScaleSTFTDiscriminator
-from tests.torch_reference import (
+from amylm_jax.reference.torch_losses import (
     torch_discriminator_loss,
     torch_feature_matching_loss,
     torch_generator_adv_loss,

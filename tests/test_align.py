@@ -1,11 +1,12 @@
-"""Tests of the frame alignment helpers against SPEC §9.1 / §9.3, including the worked example."""
+"""Tests of the frame alignment helpers against docs/original.md §9.1 / §9.3, including the worked
+example."""
 
 import numpy as np
 import pytest
 
 from amylm_jax.data import align
 
-# SPEC §9.3 worked example: 3.05 s clip, 32 tokens.
+# docs/original.md §9.3 worked example: 3.05 s clip, 32 tokens.
 _EXAMPLE_TIMES = (
     [[0, 0.24]] * 4
     + [[0.24, 0.40]]

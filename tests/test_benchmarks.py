@@ -66,7 +66,7 @@ def test_throughput_json_contract(tmp_path):
     assert "ratio (JAX / PyTorch audio-s/s)" in stdout
     # Same weights and batch on both sides: the first step's losses agree.
     for k in ("loss_g", "loss_d", "msspec"):
-        # A smoke-level check; tests/test_torch_baseline.py holds all seven losses to 1e-4.
+        # A smoke-level check; tests/test_torch_step.py holds all seven losses to 1e-4.
         assert res["jax"]["losses"][k] == pytest.approx(res["torch"]["losses"][k], rel=1e-3), k
 
 

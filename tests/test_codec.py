@@ -17,11 +17,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from mimi_reference import randomize_codebooks  # noqa: E402
-
 from amylm_jax.config import CodecConfig  # noqa: E402
 from amylm_jax.export.from_torch import torch_to_flax  # noqa: E402
-from amylm_jax.models.codec import AmyCodec  # noqa: E402
+from amylm_jax.models.amy_codec import AmyCodec  # noqa: E402
+from amylm_jax.reference.mimi import randomize_codebooks  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 

@@ -16,10 +16,9 @@ import soundfile as sf
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from mimi_reference import randomize_codebooks  # noqa: E402
-
 from amylm_jax.codec import main  # noqa: E402
 from amylm_jax.data.audio import load_audio, resample  # noqa: E402
+from amylm_jax.reference.mimi import randomize_codebooks  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 

@@ -95,14 +95,15 @@ def _fake_build_store(calls):
 
 
 def test_demo_store_is_built_once_under_lock(tmp_path, monkeypatch):
-    import amylm_jax.data.prepare as prepare
+    import amylm_jax.data.demo as demo
 
     calls = []
-    monkeypatch.setattr(prepare, "build_store", _fake_build_store(calls), raising=False)
+    monkeypatch.setattr(demo, "build_store", _fake_build_store(calls))
     monkeypatch.setenv("AMYLM_CACHE", str(tmp_path / "cache"))
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(S.resolve_store("demo"))) for _ in range(3)
+        threading.Thread(target=lambda: results.append(demo.resolve_store("demo")))
+        for _ in range(3)
     ]
     for t in threads:
         t.start()
@@ -116,15 +117,6 @@ def test_demo_store_is_built_once_under_lock(tmp_path, monkeypatch):
     assert demo.build_demo_store(force=True) == expected and len(calls) == 2
 
 
-def _has_build_store():
-    try:
-        from amylm_jax.data.prepare import build_store  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_build_store(), reason="amylm_jax.data.prepare.build_store missing")
 def test_real_demo_store_feeds_the_pipeline(tmp_path):
     path = demo.build_demo_store(tmp_path / "demo_store")
     report = S.check_store(path)

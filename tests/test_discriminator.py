@@ -1,4 +1,5 @@
-"""MS-STFT discriminator: shapes (SPEC §5.2), weight norm, init, key map and PyTorch parity."""
+"""MS-STFT discriminator: shapes (docs/original.md §5.2), weight norm, init, key map and PyTorch
+parity."""
 
 import math
 
@@ -10,9 +11,9 @@ import torch
 
 from amylm_jax.export.disc_layout import disc_from_torch, disc_to_torch
 from amylm_jax.models.discriminator import MultiScaleSTFTDiscriminator, weight_norm_kernel
-from tests.torch_reference import TorchMSSTFTDiscriminator
+from amylm_jax.reference.torch_losses import TorchMSSTFTDiscriminator
 
-# (M, fmap widths c0..c4) per sub-discriminator for N = 24000 (SPEC §5.2 table)
+# (M, fmap widths c0..c4) per sub-discriminator for N = 24000 (docs/original.md §5.2 table)
 TABLE = [
     (90, (513, 257, 129, 65, 65)),
     (43, (1025, 513, 257, 129, 129)),
@@ -190,20 +191,20 @@ def test_s2d_rejects_frequency_dilation():
 
 
 def test_disc_conv_method_auto_per_backend():
-    from amylm_jax.config import TrainConfig
+    from amylm_jax.config import CodecConfig, DiscConfig, TrainConfig
 
     cfg = TrainConfig()
-    assert cfg.resolved_disc_conv_method("cpu") == "s2d"
-    assert cfg.resolved_disc_conv_method("gpu") == "lax"
-    assert cfg.resolved_disc_conv_method("tpu") == "lax"
-    assert TrainConfig(disc_conv_method="lax").resolved_disc_conv_method("cpu") == "lax"
+    assert cfg.disc.resolved_conv_method("cpu") == "s2d"
+    assert cfg.disc.resolved_conv_method("gpu") == "lax"
+    assert cfg.disc.resolved_conv_method("tpu") == "lax"
+    assert DiscConfig(conv_method="lax").resolved_conv_method("cpu") == "lax"
     # The transposed-conv choice shares the same "auto" mechanism.
-    assert cfg.resolved_transpose_method("cpu") == "polyphase"
-    assert cfg.resolved_transpose_method("gpu") == "polyphase"
-    assert cfg.resolved_transpose_method("tpu") == "dilated"
-    assert TrainConfig(transpose_method="dilated").resolved_transpose_method("cpu") == "dilated"
-    with pytest.raises(ValueError, match="disc_conv_method"):
-        TrainConfig(disc_conv_method="fft")
+    assert cfg.codec.resolved_transpose_method("cpu") == "polyphase"
+    assert cfg.codec.resolved_transpose_method("gpu") == "polyphase"
+    assert cfg.codec.resolved_transpose_method("tpu") == "dilated"
+    assert CodecConfig(transpose_method="dilated").resolved_transpose_method("cpu") == "dilated"
+    with pytest.raises(ValueError, match="conv_method"):
+        DiscConfig(conv_method="fft")
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ import struct
 import numpy as np
 import pytest
 
-from amylm_jax import eval_metrics as em
 from amylm_jax import evaluate as ev
+from amylm_jax.evaluate import metrics as em
 
 
 # ------------------------------------------------------------------------------- waveforms
@@ -50,7 +50,8 @@ def test_spectral_distances(rng):
 def speech():
     """One real utterance of the demo store (espeak speech, 24 kHz float)."""
     from amylm_jax.data.audio import int16_to_float
-    from amylm_jax.data.store import open_store, resolve_store
+    from amylm_jax.data.demo import resolve_store
+    from amylm_jax.data.store import open_store
 
     return int16_to_float(open_store(resolve_store("demo"))[0]["audio"])
 
@@ -181,8 +182,9 @@ def test_cli_end_to_end(run, tmp_path, capsys):
 
 def test_wer_with_injected_transcriber(run, tmp_path):
     from amylm_jax.checkpoint import Checkpointer
+    from amylm_jax.data.demo import resolve_store
     from amylm_jax.data.pipeline import split_clips
-    from amylm_jax.data.store import open_store, resolve_store
+    from amylm_jax.data.store import open_store
 
     ckpt = Checkpointer(run, read_only=True)
     cfg = ckpt.restore_config()
@@ -212,7 +214,8 @@ def test_wer_with_injected_transcriber(run, tmp_path):
 
 
 def test_clear_errors(run, tmp_path, capsys):
-    from amylm_jax.data.store import StoreWriter, open_store, resolve_store
+    from amylm_jax.data.demo import resolve_store
+    from amylm_jax.data.store import StoreWriter, open_store
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1,6 +1,6 @@
 """Export to PyTorch (``python -m amylm_jax.export``) from a real 2-step demo checkpoint.
 
-Acceptance: the ``amy`` file loads strictly into moshi's Mimi with a 2-semantic-slot split RVQ,
+Checked here: the ``amy`` file loads strictly into moshi's Mimi with a 2-semantic-slot split RVQ,
 the ``transformers`` file into ``transformers.MimiModel`` and the ``kyutai`` file into a
 32-slot-equivalent moshi Mimi; codes equal the JAX encode exactly, decoded audio within 1e-4;
 export -> import is bit-exact for the codec, the heads and the discriminator; errors are clear.
@@ -24,14 +24,14 @@ import jax
 import numpy as np
 import pytest
 import torch
-from mimi_reference import moshi_config
 
-from amylm_jax import train
+from amylm_jax.checkpoint import restore_run_state
 from amylm_jax.codec import LoadedCodec, read_audio_24k
 from amylm_jax.data import demo
 from amylm_jax.export import hf_layout
 from amylm_jax.export import to_torch as T
-from amylm_jax.models.codec import AmyCodec
+from amylm_jax.models.amy_codec import AmyCodec
+from amylm_jax.reference.mimi import moshi_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run(demo_checkpoint):
     """The shared 2-step demo run: (workdir, TrainConfig, TrainState)."""
     workdir = str(demo_checkpoint)
-    cfg, state = train.restore_run_state(workdir)
+    cfg, state = restore_run_state(workdir)
     return workdir, cfg, state
 
 

@@ -15,7 +15,7 @@ D_IN, D_OUT = 512, 96  # out kept small for speed; the structure does not depend
 
 
 def _torch_head(kind: str) -> nn.Module:
-    """The original's / experiments' head modules (SPEC §6.4, §10.1-10.3)."""
+    """The original's / experiments' head modules (docs/original.md §6.4, §10.1-10.3)."""
     if kind == "linear":
         return nn.Linear(D_IN, D_OUT)
     if kind == "mlp":

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from mimi_reference import build_mimi, state_numpy
 
 from amylm_jax.export import torch_layout
 from amylm_jax.export.from_torch import (
@@ -18,6 +17,7 @@ from amylm_jax.models.quantizer import SplitResidualVQ
 from amylm_jax.models.resample import ConvDownsample1d, ConvTrUpsample1d
 from amylm_jax.models.seanet import SEANetDecoder, SEANetEncoder
 from amylm_jax.models.transformer import Transformer
+from amylm_jax.reference.mimi import build_mimi, state_numpy
 
 PROSODY = "quantizer.rvq_first.vq.layers.1._codebook."
 PROSODY_KEYS = tuple(PROSODY + n for n in ("_initialized", "cluster_usage", "embedding_sum"))
@@ -204,7 +204,8 @@ def test_load_safetensors_and_lightning_ckpt(tmp_path, rng):
 @pytest.mark.torch
 def test_tree_matches_the_codec():
     """The converted tree has exactly the leaves (paths, shapes, dtypes) of ``AmyCodec``."""
-    codec = pytest.importorskip("amylm_jax.models.codec")
+    from amylm_jax.models import amy_codec as codec
+
     model, config = build_mimi(tiny=True)
     variables, _ = torch_to_flax(state_numpy(model), config)
     want = jax.eval_shape(lambda k: codec.init_codec(config, k), jax.random.PRNGKey(0))

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from amylm_jax.data import align, audio, importer
-from amylm_jax.data.prepare import ClipError
+from amylm_jax.data.extract import ClipError
 from amylm_jax.data.store import check_store, open_store
 
 DW, DL = 6, 4
@@ -148,18 +148,23 @@ def test_bad_rows_error_or_counted_skip(tmp_path, rng, case, match):
 
 
 def test_cli_import_mode(tmp_path, rng, capsys):
-    from absl import flags
-
     from amylm_jax import prepare as cli
 
     path = _save(tmp_path, _rows(rng))
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(["prepare", f"--import_hf={path}", f"--out={tmp_path / 's'}", "--repair_d1"])
-        cli.main([])
-        report = json.loads(capsys.readouterr().out)
-        assert report["num_clips"] == 3 and report["d1_repaired"] == 2
-        with pytest.raises(SystemExit, match="exists"):
-            cli.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    argv = [f"--import_hf={path}", f"--out={tmp_path / 's'}", "--repair_d1"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_clips"] == 3 and report["d1_repaired"] == 2
+    assert cli.main(argv) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_d1_is_repaired_by_default_and_kept_on_request(tmp_path, rng, capsys):
+    from amylm_jax import prepare as cli
+
+    path = _save(tmp_path, _rows(rng))
+    manifest = importer.import_hf_dataset(path, tmp_path / "default", progress=False)
+    assert manifest["d1_padded"] == 2 and manifest["d1_repaired"] == 2
+    assert cli.main([f"--import_hf={path}", f"--out={tmp_path / 'kept'}", "--norepair_d1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["d1_padded"] == 2 and report["d1_repaired"] == 0

@@ -22,7 +22,7 @@ TPU = LAUNCH / "tpu_pod.sh"
 SUBMIT = LAUNCH / "slurm_submit.sh"
 SBATCH = LAUNCH / "slurm_gpu.sbatch"
 LOCAL = LAUNCH / "local_multiprocess.sh"
-SCRIPTS = [TPU, SUBMIT, SBATCH, LOCAL]
+SCRIPTS = [TPU, SUBMIT, SBATCH, LOCAL, LAUNCH / "prepare_slurm_array.sbatch"]
 
 # Settings the scripts read from the environment; cleared so the caller's shell cannot leak in.
 _ENV_KEYS = (
@@ -515,3 +515,64 @@ def test_local_multiprocess_runs_and_stops_on_failure(tmp_path):
     bad = sh(LOCAL, *args, env=clean_env(FAIL="1"))
     assert bad.returncode == 1 and "process 1 exited with status 3" in bad.stdout
     assert "process 0 exited with status 143" in bad.stdout  # stopped, not left waiting
+
+
+def test_sbatch_requeues_when_the_trainers_were_preempted(tmp_path):
+    """Status 75 from the trainers (checkpoint written on SIGTERM) requeues the job."""
+    log = tmp_path / "scontrol.log"
+    base = _slurm_env(tmp_path)  # writes its own scontrol first; ours replaces it
+    bin_dir = _fake_bin(
+        tmp_path,
+        {
+            "scontrol": f'if [ "$1 $2" = "show hostnames" ]; then printf "gpu-a07\\n"; '
+            f'else echo "$@" >> {log}; fi',
+            "srun": "exit ${FAKE_STATUS:-0}",
+        },
+    )
+    env = {**base, "PATH": f"{bin_dir}:{os.environ['PATH']}", "AMYLM_DRY_RUN": "0"}
+    args = ["--config=configs/adapt.py", "--workdir=/shared/w"]
+    out = sh(SBATCH, *args, env={**env, "FAKE_STATUS": "75"})
+    assert out.returncode == 0, out.stderr
+    assert "requeueing job 4242" in out.stdout and log.read_text().split() == ["requeue", "4242"]
+    log.unlink()
+    failed = sh(SBATCH, *args, env={**env, "FAKE_STATUS": "3"})
+    assert failed.returncode == 3 and not log.exists()
+
+
+PREP = LAUNCH / "prepare_slurm_array.sbatch"
+
+
+def test_prepare_array_task_and_join(tmp_path):
+    env = clean_env(AMYLM_DRY_RUN="1", SLURM_ARRAY_TASK_ID="3", SLURM_ARRAY_TASK_COUNT="8")
+    out = sh(PREP, "--manifest=/shared/a.jsonl", "--out=gs://b/stores/amy", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == (
+        "python -m amylm_jax.prepare --manifest=/shared/a.jsonl --out=gs://b/stores/amy"
+    )
+    join = sh(PREP, "--join", "--out=/s", env=clean_env(AMYLM_DRY_RUN="1"))
+    assert join.returncode == 0 and join.stdout.splitlines()[-1].endswith("--join --out=/s")
+    bad = sh(PREP, "--manifest=/a", "--out=/s", env=clean_env())
+    assert bad.returncode == 2 and "job array" in bad.stderr
+
+
+def test_tpu_prepare_shards_by_worker_then_joins():
+    cmds = dry(TPU, "prepare", *POD, "--manifest=gs://b/align.jsonl", "--store=gs://b/stores/amy",
+               "--", "--device=cpu")  # fmt: skip
+    assert len(cmds) == 2 and "--worker=all" in cmds[0] and "--worker=0" in cmds[1]
+    script = remote(cmds[0])
+    subprocess.run(["sh", "-n", "-c", script], check=True)
+    assert "agent-worker-number" in script and "worker-network-endpoints" in script
+    assert (
+        "python -m amylm_jax.prepare --manifest=gs://b/align.jsonl --out=gs://b/stores/amy "
+        '--device=cpu --num_shards="$N" --shard_index="$W"'
+    ) in script
+    assert remote(cmds[1]).endswith("python -m amylm_jax.prepare --join --out=gs://b/stores/amy")
+    assert "--manifest" in fail(TPU, "prepare", *POD, "--store=gs://b/s")
+
+
+def test_tpu_run_reads_a_gs_store_in_place_and_stop_waits_for_the_checkpoint():
+    (cmd,) = dry(TPU, "run", *POD, "--workdir=gs://b/w", "--store=gs://b/stores/amy")
+    assert "--config.data.store=gs://b/stores/amy" in remote(cmd)
+    (stop,) = dry(TPU, "stop", *POD, "--grace=600")
+    assert "-lt 600" in remote(stop) and "kill -TERM" in remote(stop)
+    assert "--grace" in fail(TPU, "stop", *POD, "--grace=soon")

@@ -93,24 +93,29 @@ def _wait(procs, timeout=900):
         assert p.returncode == 0, err[-3000:]
 
 
-def test_two_processes_match_one_and_resume_as_one(tmp_path):
-    single = tmp_path / "single"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, dict[str, float]]:
+    """One process with four devices, uninterrupted."""
+    single = tmp_path_factory.mktemp("single") / "run"
     _wait([_train(single, 4)])
-    reference = _losses(single)
-    assert sorted(reference) == list(range(1, 9))
+    losses = _losses(single)
+    assert sorted(losses) == list(range(1, 9))
+    return losses
+
+
+def _two_processes(workdir: Path, *extra: str) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [
+        _train(workdir, 2, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+               f"--process_id={i}", *extra)
+        for i in range(2)
+    ]  # fmt: skip
+
+
+def test_two_processes_match_one_and_resume_as_one(tmp_path, reference):
 
     multi = tmp_path / "multi"
-    port = _free_port()
-    procs = [
-        _train(
-            multi,
-            2,
-            f"--coordinator_address=localhost:{port}",
-            "--num_processes=2",
-            f"--process_id={i}",
-        )
-        for i in range(2)
-    ]
+    procs = _two_processes(multi)
     try:
         deadline = time.time() + 900
         while time.time() < deadline and all(p.poll() is None for p in procs):
@@ -131,3 +136,34 @@ def test_two_processes_match_one_and_resume_as_one(tmp_path):
     resumed = _losses(multi)
     assert sorted(resumed) == list(range(1, 9))
     _assert_same_losses(resumed, reference, range(5, 9))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_agreed_step(tmp_path, reference):
+    """The preemption notice reaches one process; both agree on a step, write one checkpoint
+    there and exit with status 75; the rerun matches the uninterrupted run step for step."""
+    multi = tmp_path / "preempted"
+    no_regular = ("--config.checkpoint.every_steps=1000", "--config.checkpoint.async_save=True")
+    procs = _two_processes(multi, *no_regular)
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            done = _losses(multi)
+            if done and max(done) >= 3:
+                break
+            time.sleep(0.2)
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+        procs[1].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=600)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert [p.returncode for p in procs] == [75, 75], [e[-2000:] for e in errs]
+    ckpts = [int(p.name) for p in (multi / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(ckpts) == 1 and 3 <= ckpts[0] < 8, ckpts
+    assert max(_losses(multi)) == ckpts[0]
+    _wait(_two_processes(multi, *no_regular))
+    resumed = _losses(multi)
+    assert sorted(resumed) == list(range(1, 9))
+    _assert_same_losses(resumed, reference, range(1, 9))

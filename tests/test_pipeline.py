@@ -141,11 +141,11 @@ def test_parity_switch_gives_unaligned_starts(store_path):
 
 def test_exact_resume_within_and_across_epochs(store_path):
     cfg = _cfg(store_path)
-    assert P.steps_per_epoch(cfg) == 10 // 4
-    reference = _take(P.make_train_iterator(cfg), 6)  # 3 epochs of 2 steps
+    assert P.steps_per_epoch(cfg) == 3  # ceil(10 training clips / 4): no clip dropped
+    reference = _take(P.make_train_iterator(cfg), 6)  # 24 examples: 2.4 passes over the clips
     # epochs differ (new shuffle and crops), so resuming must restore the epoch too
-    assert not _equal(reference[0], reference[2])
-    for k in (1, 2, 3):  # k=2: the next batch opens a new epoch
+    assert not _equal(reference[0], reference[3])
+    for k in (1, 2, 3):  # k=2: the next batch straddles two epochs
         it = P.make_train_iterator(cfg)
         _take(it, k)
         state = it.get_state()
@@ -208,37 +208,44 @@ def test_process_batches_concatenate_to_the_single_process_batch(store_path, val
 
 
 def test_processes_split_each_epoch_disjointly(store_path):
-    """Within an epoch the two processes' clips are disjoint and together are the epoch's."""
+    """Every clip is used exactly once per epoch (nothing dropped); within an epoch the two
+    processes' clips are disjoint and together are the epoch's."""
     store = S.open_store(store_path)
-    for val_fraction, epoch_size in ((0.0, 12), (0.2, 8)):  # 10 clips: 2 dropped per epoch
+    for val_fraction, n_train in ((0.0, 12), (0.2, 10)):  # 10 clips: epochs straddle batches
         cfg = _cfg(store_path, val_fraction=val_fraction)
         train = {int(i) for i in P.split_clips(store, cfg)[0]}
+        assert len(train) == n_train
         steps = P.steps_per_epoch(cfg, process_count=2)
-        single = _take(P.make_train_iterator(cfg), 3 * steps)
+        assert steps == -(-n_train // 4)
+        n_steps = -(-3 * n_train // 4)  # at least 3 whole passes
+        single = _take(P.make_train_iterator(cfg), n_steps)
         per_proc = [
-            _take(P.make_train_iterator(cfg, process_index=p, process_count=2), 3 * steps)
+            _take(P.make_train_iterator(cfg, process_index=p, process_count=2), n_steps)
             for p in range(2)
         ]
+        stream = [c for batch in single for c in _clips(batch)]
+        # The example index of every row, so the per-process rows can be placed in epochs.
+        owner = [p for s_ in range(n_steps) for p in (0, 0, 1, 1)]
         orders = []
         for e in range(3):
-            epoch = range(e * steps, (e + 1) * steps)
-            seen = [[c for s in epoch for c in _clips(per_proc[p][s])] for p in range(2)]
-            assert all(len(set(x)) == len(x) == epoch_size // 2 for x in seen)
-            assert not set(seen[0]) & set(seen[1])
-            expected = [c for s in epoch for c in _clips(single[s])]
-            assert len(set(expected)) == epoch_size and set(expected) <= train
-            assert set(seen[0]) | set(seen[1]) == set(expected)
-            orders.append(expected)
+            epoch = stream[e * n_train : (e + 1) * n_train]
+            assert sorted(epoch) == sorted(train)  # each clip once
+            rows = range(e * n_train, (e + 1) * n_train)
+            seen = [{stream[j] for j in rows if owner[j] == p} for p in range(2)]
+            assert not seen[0] & seen[1] and seen[0] | seen[1] == set(epoch)
+            orders.append(epoch)
         assert orders[0] != orders[1] != orders[2]  # reshuffled every epoch
-        if epoch_size == len(train):
-            assert set(orders[0]) == train
+        for p in range(2):
+            got = [c for batch in per_proc[p] for c in _clips(batch)]
+            want = [stream[j] for j in range(len(stream)) if owner[j] == p]
+            assert got == want
 
 
 def test_start_step_rejoins_after_process_count_change(store_path):
     """Kill a 2-process run after step k, restart with 1 process at step k: same data."""
-    cfg = _cfg(store_path)  # 2 steps per epoch
+    cfg = _cfg(store_path)  # 10 clips, batch 4: epochs straddle steps 2 and 5
     two = [_take(P.make_train_iterator(cfg, process_index=p, process_count=2), 6) for p in (0, 1)]
-    for k in (1, 2, 3, 5):  # 2 and 5: an epoch boundary / the start of the third epoch
+    for k in (1, 2, 3, 5):  # steps 2 and 5 straddle an epoch boundary
         one = P.make_train_iterator(cfg, start_step=k)
         assert one.get_state() == {"step": k}
         got = _take(one, 6 - k)

@@ -9,8 +9,8 @@ import jax
 import pytest
 from step_helpers import SMALL_DISC, make, make_batch
 
-from amylm_jax.config import TrainConfig, tiny_codec_config
-from amylm_jax.steps import LOSS_NAMES, train_step
+from amylm_jax.config import LOSS_NAMES, TrainConfig, tiny_codec_config
+from amylm_jax.steps import train_step
 
 pytestmark = pytest.mark.slow
 

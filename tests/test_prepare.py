@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from amylm_jax.data import align, audio, prepare, teachers
+from amylm_jax.data import align, audio, teachers
+from amylm_jax.data import extract as prepare
 from amylm_jax.data.store import check_store, open_store
 
 
@@ -206,19 +207,92 @@ def test_manifest_errors(tmp_path):
 
 
 def test_cli_check_and_usage(tmp_path, tiny, capsys):
-    from absl import flags
-
     from amylm_jax import prepare as cli
 
     prepare.build_store(_manifest(tmp_path, _good_records(tmp_path)), tmp_path / "s", *tiny,
                         progress=False)  # fmt: skip
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["prepare", f"--check={tmp_path / 's'}"])
-    try:
-        cli.main([])
-        assert json.loads(capsys.readouterr().out)["num_clips"] == 2
-        flags.FLAGS(["prepare", f"--check={tmp_path / 'missing'}"])
-        with pytest.raises(SystemExit, match="no feature store"):
-            cli.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    assert cli.main([f"--check={tmp_path / 's'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_clips"] == 2
+    assert cli.main([f"--check={tmp_path / 'missing'}"]) == 2
+    assert "no feature store" in capsys.readouterr().err
+    assert cli.main([f"--check={tmp_path / 's'}", f"--manifest={tmp_path}"]) == 2
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_two_shards_joined_equal_one_process_and_resume_clip_by_clip(tmp_path):
+    """``prepare`` in 2 processes (one block of the manifest each) then ``--join`` holds the
+    records of a one-process build, in the same order. A shard whose process died part-way
+    (its part store unfinished, only some clips cached) redoes only the missing clips."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from amylm_jax.data.demo import demo_corpus_dir
+    from amylm_jax.data.extract import part_name
+
+    root = Path(__file__).resolve().parents[1]
+    manifest = demo_corpus_dir() / "alignments.jsonl"
+    common = [f"--manifest={manifest}", f"--out={tmp_path / 'sharded'}", "--wavlm=tiny-random",
+              "--llm=tiny-random"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+    def shard(i):
+        return subprocess.Popen(
+            [sys.executable, "-m", "amylm_jax.prepare", *common, "--num_shards=2",
+             f"--shard_index={i}"],
+            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    procs = [shard(0), shard(1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    assert [json.loads(o)["num_clips"] for o, _ in outs] == [24, 24]
+
+    # Shard 1 "died" after 10 of its clips: no part store, 14 clips missing from its cache.
+    part = tmp_path / "sharded" / "parts" / part_name(1, 2)
+    cache = part.with_name(part.name + ".work")
+    import shutil
+
+    shutil.rmtree(part)
+    cached = sorted(cache.glob("*.npz"))
+    assert len(cached) == 24
+    for path in cached[10:]:
+        path.unlink()
+    kept = {path: path.stat().st_mtime_ns for path in cached[:10]}
+    again = shard(1)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-2000:]
+    assert all(path.stat().st_mtime_ns == t for path, t in kept.items())  # not redone
+    assert len(list(cache.glob("*.npz"))) == 24
+
+    from amylm_jax import prepare as cli
+
+    assert cli.main(["--join", f"--out={tmp_path / 'sharded'}"]) == 0
+    joined = open_store(tmp_path / "sharded")
+    single_manifest = prepare.build_store(manifest, tmp_path / "single", progress=False)
+    single = open_store(tmp_path / "single")
+    assert len(joined) == len(single) == single_manifest["num_clips"] == 48
+    assert joined.clip_ids == single.clip_ids
+    for i in range(len(single)):
+        a, b = joined[i], single[i]
+        assert a["clip_id"] == b["clip_id"] and a["transcript"] == b["transcript"]
+        for key in ("audio", "wavlm", "llm"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{a['clip_id']} {key}")
+    assert check_store(tmp_path / "sharded")["num_clips"] == 48
+
+
+def test_join_refuses_missing_parts_and_env_gives_the_shard(tmp_path):
+    from amylm_jax.data.extract import join_parts, shard_from_env
+
+    (tmp_path / "s" / "parts" / "00000-of-00002").mkdir(parents=True)
+    with pytest.raises(ValueError, match="00001-of-00002.*rerun those shards"):
+        join_parts(tmp_path / "s")
+    with pytest.raises(FileNotFoundError, match="no part stores"):
+        join_parts(tmp_path / "empty")
+    assert shard_from_env({}) == (1, 0)
+    array = {"SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5"}
+    assert shard_from_env(array) == (4, 2)
+    assert shard_from_env({"SLURM_NTASKS": "3", "SLURM_PROCID": "1"}) == (3, 1)
+    tpu = {"TPU_WORKER_HOSTNAMES": "h0,h1,h2,h3", "TPU_WORKER_ID": "3"}
+    assert shard_from_env(tpu) == (4, 3)

@@ -1,4 +1,5 @@
-"""Quantizer behaviour against the NumPy reference of SPEC §3.4-3.7, plus its k-means rules."""
+"""Quantizer behaviour against the NumPy reference of docs/original.md §3.4-3.7, plus its k-means
+rules."""
 
 from __future__ import annotations
 

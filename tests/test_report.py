@@ -1,4 +1,4 @@
-"""Loss health report: cheat-sheet thresholds, the worked example, trends, phases, I/O, plots."""
+"""Loss health report: metric-guide thresholds, the worked example, trends, phases, I/O, plots."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import pytest
 
 from amylm_jax import report
-from amylm_jax.report_rules import RULES, canonical_name, check_epoch, classify, trend_of
+from amylm_jax.report.rules import RULES, canonical_name, check_epoch, classify, trend_of
 
-# The cheat sheet's "Example: Analyzing Your Training Log", verbatim.
+# The worked example of docs/metrics.md as a training log prints it.
 EXAMPLE = """\
 train/adv_g_epoch:0.32181718945503235
 train/feat_epoch:0.016863815486431122
@@ -108,7 +108,7 @@ def _example_report(tmp_path):
     return report.build_report(report.load_run(path))
 
 
-def test_cheat_sheet_example(tmp_path):
+def test_metric_guide_example(tmp_path):
     rep = _example_report(tmp_path)
     statuses = {name: entry["status"] for name, entry in rep["metrics"].items()}
     assert statuses == {
@@ -217,7 +217,7 @@ def test_phase_from_msspec_without_config(tmp_path):
     assert report.detect_phase(log)[0] == "adaptation"
 
 
-def test_llm_worsening_triggers_cheat_sheet_fix():
+def test_llm_worsening_triggers_metric_guide_fix():
     records = [
         {"step": e, "epoch": e, "train/llm_epoch": v} for e, v in enumerate([0.05, 0.06, 0.08])
     ]

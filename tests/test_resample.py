@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from mimi_reference import build_mimi, from_torch_bct, state_numpy, to_torch_bct
 
 from amylm_jax.export.from_torch import torch_to_flax
 from amylm_jax.models.resample import ConvDownsample1d, ConvTrUpsample1d
+from amylm_jax.reference.mimi import build_mimi, from_torch_bct, state_numpy, to_torch_bct
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from mimi_reference import build_mimi, from_torch_bct, state_numpy, to_torch_bct
 
 from amylm_jax.config import SEANetConfig
 from amylm_jax.export.from_torch import torch_to_flax
 from amylm_jax.models.seanet import SEANetDecoder, SEANetEncoder
+from amylm_jax.reference.mimi import build_mimi, from_torch_bct, state_numpy, to_torch_bct
 
 TINY = SEANetConfig(dimension=8, n_filters=2, ratios=(4, 2))
 
@@ -69,7 +69,7 @@ def test_param_counts_full_size():
     def count(tree):
         return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
-    assert count(enc) == 12_628_256  # SPEC §2.8
+    assert count(enc) == 12_628_256  # docs/original.md §2.8
     assert count(dec) == 14_724_641
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from amylm_jax.config import DiscConfig, TrainConfig, tiny_codec_config
+from amylm_jax.config import LOSS_NAMES, DiscConfig, TrainConfig, tiny_codec_config
 from amylm_jax.data import pipeline
 from amylm_jax.sharding import (
     batch_sharding,
@@ -18,7 +18,7 @@ from amylm_jax.sharding import (
     state_shardings,
 )
 from amylm_jax.state import build_models, create_state, init_params
-from amylm_jax.steps import LOSS_NAMES, train_step
+from amylm_jax.steps import train_step
 
 DISC = DiscConfig(filters=4, n_ffts=(256, 128), hop_lengths=(64, 32), win_lengths=(256, 128))
 

@@ -1,4 +1,5 @@
-"""STFT, mel filterbank and msspec loss: counts from SPEC §6.1 and parity with PyTorch."""
+"""STFT, mel filterbank and msspec loss: counts from docs/original.md §6.1 and parity with
+PyTorch."""
 
 import dataclasses
 
@@ -17,7 +18,7 @@ from amylm_jax.losses.spectral import (
     msspec_loss,
     stft,
 )
-from tests.torch_reference import torch_mel_filterbank, torch_msspec_loss, torch_stft
+from amylm_jax.reference.torch_losses import torch_mel_filterbank, torch_msspec_loss, torch_stft
 
 N_FFTS = (64, 128, 256, 512, 1024)
 
@@ -101,7 +102,7 @@ def test_msspec_matches_torch(rng, alphas):
 
 
 def test_msspec_mel_spectrogram_matches_torch_per_scale(rng):
-    from tests.torch_reference import torch_mel_spectrogram
+    from amylm_jax.reference.torch_losses import torch_mel_spectrogram
 
     x = _audio(rng, 1, 6000)
     cfg = MelLossConfig()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from step_helpers import DL, DW, SMALL_DISC, make, make_batch
 
-from amylm_jax.config import LossConfig, TrainConfig, tiny_codec_config
-from amylm_jax.state import build_models
-from amylm_jax.steps import LOSS_NAMES, distill_losses, train_step, train_step_reference
+from amylm_jax.config import LOSS_NAMES, LossConfig, TrainConfig, tiny_codec_config
+from amylm_jax.state import build_models, generator_labels
+from amylm_jax.steps import distill_losses, train_step, train_step_reference
 
 
 def _max_diff(a, b) -> float:
@@ -70,8 +70,14 @@ def test_total_loss_is_weighted_sum_and_frozen_parts_stay(setup):
     for name in ("decoder", "decoder_transformer", "downsample", "upsample", "quantizer"):
         assert _max_diff(before.gen_params["codec"][name], new.gen_params["codec"][name]) > 0
     assert _max_diff(before.disc_params, new.disc_params) > 0
-    # Frozen parameters carry no optimizer state.
-    assert "opt_g" in dir(new)
+    # Frozen parameters carry no optimizer state: Adam's two moments cover exactly the
+    # trainable generator parameters.
+    labels = jax.tree_util.tree_leaves(generator_labels(new.gen_params, models.cfg))
+    sizes = [x.size for x in jax.tree_util.tree_leaves(new.gen_params)]
+    frozen = sum(n for n, label in zip(sizes, labels, strict=True) if label == "frozen")
+    trainable = sum(n for n, label in zip(sizes, labels, strict=True) if label != "frozen")
+    moments = sum(x.size for x in jax.tree_util.tree_leaves(new.opt_g) if x.ndim > 0)
+    assert frozen > 0 and moments == 2 * trainable
 
 
 def test_adversarial_only_zeroes_msspec():
@@ -109,7 +115,7 @@ def test_nonfinite_batch_leaves_state_unchanged(setup):
 
 
 def _distill_grads(models, state, batch, which: str):
-    """Gradient of one distillation loss w.r.t. all generator parameters (SPEC §3.9)."""
+    """Gradient of one distillation loss w.r.t. all generator parameters (docs/original.md §3.9)."""
     from amylm_jax.steps import generator_forward
 
     key = jax.random.PRNGKey(3)
@@ -191,11 +197,21 @@ def test_distillation_knobs(setup, knobs):
     else:
         assert "llm_head/layers_0" in reached
     if knobs.get("wavlm_semantic_detach"):
-        # x_sp - sem + sg(sem): in the residual topology both latents share rvq_first's STE,
-        # so the WavLM gradient keeps only the prosody part W @ E_1[c_1] (output_proj) and
-        # nothing reaches the encoder side (in the older parallel topology it did).
-        wavlm = _reached(_distill_grads(models2, state, batch, "wavlm"))
-        assert wavlm == {"wavlm_head/layers_0", "codec/quantizer/rvq_first/output_proj"}
+        # x_sp - sem + sg(sem), sem = decode of code 0: the straight-through path into the
+        # encoder side stays open (as in the original), and the gradient into output_proj is
+        # the prosody part only.
+        # Initialised codebooks, so that the prosody codebook contributes (E_1 != 0).
+        from amylm_jax.reference.jax_setup import random_codebooks
+
+        ready = state.replace(codebooks=random_codebooks(state.codebooks, jax.random.PRNGKey(5)))
+        wavlm = _reached(_distill_grads(models2, ready, batch, "wavlm"))
+        assert wavlm == {
+            "wavlm_head/layers_0",
+            "codec/quantizer/rvq_first/output_proj",
+            "codec/quantizer/rvq_first/input_proj",
+            "codec/downsample",
+        }
+        _assert_prosody_only_output_proj_grad(models, models2, ready, batch)
     if knobs.get("mask_padded_frames"):
         masked = dict(batch, mask=np.concatenate([np.ones((2, 7)), np.zeros((2, 6))], 1))
         masked = {k: jnp.asarray(v, jnp.float32) for k, v in masked.items()}
@@ -219,6 +235,28 @@ def test_distillation_knobs(setup, knobs):
             masked,
         )
         assert abs(float(w_full) - float(w_mask)) > 1e-4
+
+
+def _assert_prosody_only_output_proj_grad(models, detached, state, batch):
+    """The detach changes no value, and changes the gradient into output_proj (it drops the
+    codebook-0 term) without zeroing it (the prosody term remains)."""
+    from amylm_jax.steps import generator_forward
+
+    key = jax.random.PRNGKey(3)
+
+    def wavlm_with(m, gp):
+        return generator_forward(m, gp, state.codebooks, batch, key)[1][0]
+
+    np.testing.assert_allclose(
+        wavlm_with(detached, state.gen_params), wavlm_with(models, state.gen_params), rtol=1e-6
+    )
+
+    def output_proj_grad(m):
+        grads = jax.grad(lambda gp: wavlm_with(m, gp))(state.gen_params)
+        return np.asarray(grads["codec"]["quantizer"]["rvq_first"]["output_proj"]["kernel"])
+
+    full, kept = output_proj_grad(models), output_proj_grad(detached)
+    assert np.abs(kept).max() > 0 and np.abs(full - kept).max() > 1e-3 * np.abs(full).max()
 
 
 def _forward_out(models, state, batch):

@@ -102,7 +102,7 @@ def test_check_store_detects_corruption(tmp_path, rng):
         S.check_store(path)
     manifest["wavlm_dim"] = 4
     (path / "manifest.json").write_text(json.dumps(manifest))
-    (path / "shard-00001.array_record").unlink()
+    (path / "shard-00001.records").unlink()
     with pytest.raises(ValueError, match="missing shard"):
         S.check_store(path)
 
@@ -119,9 +119,9 @@ def test_corrupt_record_bytes_are_reported(tmp_path, rng):
 
 def test_resolve_store_messages(tmp_path, rng):
     with pytest.raises(FileNotFoundError, match="demo"):
-        S.resolve_store(tmp_path / "nowhere")
+        S.locate_store(tmp_path / "nowhere")
     path = _write(tmp_path / "s", [_record(rng, "a", 24000)])
-    assert S.resolve_store(str(path)) == path
+    assert S.locate_store(str(path)) == path
 
 
 def test_frames_for_duration():

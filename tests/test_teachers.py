@@ -22,7 +22,7 @@ def _waves(lengths, seed=0):
 
 
 def test_wavlm_batched_frames_trimmed_and_match_per_clip(wavlm):
-    """D1 acceptance: batch padding never changes a clip's frame count or its targets."""
+    """D1 fix: batch padding never changes a clip's frame count or its targets."""
     lengths = [48800, 16000, 9000, 30017]
     waves = _waves(lengths)
     batched = wavlm.extract(waves)

@@ -137,6 +137,54 @@ def test_kill9_resume_is_bit_exact(demo_run, tmp_path):
         assert resumed[step] == reference[step], step
 
 
+def test_sigterm_checkpoints_the_step_and_exits_75(demo_run, tmp_path):
+    """A preemption notice: one checkpoint at the step in flight, exit status 75, and the rerun
+    of the same command continues exactly like the uninterrupted run."""
+    workdir = tmp_path / "preempted"
+    overrides = ("--config.max_steps=24", "--config.checkpoint.every_steps=1000")
+    proc = subprocess.Popen(
+        _cmd(workdir, *overrides), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            done = _step_losses(workdir)
+            if done and max(done) >= 9:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "run ended before the notice"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, err[-3000:]
+    assert "preempted: checkpoint of step" in err
+    ckpts = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(ckpts) == 1 and 9 <= ckpts[0] < 24
+    assert max(_step_losses(workdir)) == ckpts[0]  # metrics flushed up to the checkpoint
+    _run(workdir, *overrides)
+    resumed, reference = _step_losses(workdir), _step_losses(demo_run)
+    assert sorted(resumed) == list(range(1, 25))
+    for step in range(1, 25):
+        assert resumed[step] == reference[step], step
+
+
+def test_resume_refuses_a_different_run_config(demo_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "other"
+    shutil.copytree(demo_run, workdir)
+    proc = subprocess.run(
+        _cmd(workdir, "--config.loss.alpha_adv=2.0", "--config.max_steps=70"), cwd=ROOT,
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "already holds a run with a different config: loss.alpha_adv" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_phase2_starts_from_phase1_and_logs_zero_msspec(demo_run, tmp_path):
     workdir = tmp_path / "phase2"
     _run(
@@ -154,7 +202,7 @@ def test_phase2_starts_from_phase1_and_logs_zero_msspec(demo_run, tmp_path):
 
 
 def test_missing_weights_or_store_gives_clear_errors(tmp_path):
-    from amylm_jax.train import config_from_dict
+    from amylm_jax.config import config_from_dict
     from tests.conftest import load_config as load
 
     cfg = load("adapt")
@@ -169,14 +217,14 @@ def test_missing_weights_or_store_gives_clear_errors(tmp_path):
     cfg.data.store = "demo"
     assert config_from_dict(cfg).init.mimi_weights is None
 
-    from amylm_jax.data.store import resolve_store
+    from amylm_jax.data.demo import resolve_store
 
     with pytest.raises(FileNotFoundError, match="python -m amylm_jax.prepare"):
         resolve_store(str(tmp_path / "no_store"))
 
 
 def test_health_report_on_the_demo_workdir(demo_run, tmp_path):
-    """`python -m amylm_jax.report` reads a real run and names every cheat-sheet metric."""
+    """`python -m amylm_jax.report` reads a real run and names every metric-guide metric."""
     out = subprocess.run(
         [
             sys.executable,

@@ -123,3 +123,28 @@ def test_checkpoints_keep_last_and_best(tmp_path):
     assert progress == {"step": 4}
     assert ckpt.restore_config(4) == TrainConfig()
     ckpt.close()
+
+
+def test_checkpoints_are_ranked_by_the_epoch_that_ends_at_the_save(tmp_path):
+    from amylm_jax.train import ranking_metrics
+
+    writer = MetricWriter(str(tmp_path), tensorboard=False)
+    run = _Run(TrainConfig(), str(tmp_path), None, writer, 10, 100, EpochAccumulator(), True)
+    run.last_epoch = {"train/msspec_epoch": 0.5}
+    assert ranking_metrics(run, epoch_end=True) == {"train/msspec_epoch": 0.5}
+    assert ranking_metrics(run, epoch_end=False) is None  # mid-epoch: previous epoch's means
+    run.last_epoch = {}
+    assert ranking_metrics(run, epoch_end=True) is None
+    writer.close()
+
+
+def test_epoch_means_never_share_a_name_with_step_values():
+    from amylm_jax.metrics import epoch_record, step_record
+
+    values = {"train/loss_g": 1.0, "train/codebook/usage_0": 0.5, "val/msspec": 0.1}
+    assert set(step_record(values)) == {
+        "train/loss_g_step", "train/codebook/usage_0_step", "val/msspec"
+    }  # fmt: skip
+    assert set(epoch_record(values)) == {
+        "train/loss_g_epoch", "train/codebook/usage_0_epoch", "val/msspec"
+    }  # fmt: skip

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from mimi_reference import build_mimi, from_torch_bct, state_numpy, to_torch_bct
 
 from amylm_jax.config import TransformerConfig
 from amylm_jax.export.from_torch import torch_to_flax
 from amylm_jax.models.transformer import Transformer, context_mask, rope_interleaved
+from amylm_jax.reference.mimi import build_mimi, from_torch_bct, state_numpy, to_torch_bct
 
 TINY = TransformerConfig(d_model=16, num_heads=2, num_layers=2, dim_feedforward=32, context=5)
 
@@ -65,7 +65,7 @@ def test_param_names_and_count():
         "self_attn", "norm1", "norm2", "linear1", "linear2", "layer_scale_1", "layer_scale_2"
     }  # fmt: skip
     count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
-    assert count == 25_190_400  # SPEC §2.8
+    assert count == 25_190_400  # docs/original.md §2.8
 
 
 def test_causal_by_gradient_and_context(rng):

@@ -1,4 +1,4 @@
-"""Frame alignment of teacher features onto the codec's 12.5 Hz grid (SPEC §9.1, §9.3).
+"""Frame alignment of teacher features onto the codec's 12.5 Hz grid (docs/original.md §9.1, §9.3).
 
 Two teachers run at their own rates: WavLM at 50 Hz (conv-stack framing of 16 kHz audio) and
 the LLM at one row per text token with word-level times. The codec wants one target row per
@@ -130,7 +130,8 @@ def llm_token_ranges(
 ) -> np.ndarray:
     """Inclusive token ranges ``[s_k, e_k]`` averaged into each frame, shape ``[T_full, 2]``.
 
-    SPEC §9.3 step 5: frame k takes every token from the first one sharing the start of the
+    docs/original.md §9.3 step 5: frame k takes every token from the first one sharing the start of
+    the
     window containing the frame start, to the last one sharing the end of the window that
     reaches the frame end. ``e_k`` is clamped to ``>= s_k`` (D4): overlapping windows then give
     the start window instead of a negated partial sum.
@@ -190,7 +191,7 @@ def word_text(word: Mapping) -> str:
 
 
 def inject_silence(words: Sequence[Mapping]) -> list[dict]:
-    """Insert ``<silence>`` entries into a word alignment exactly as SPEC §9.1 step 1.
+    """Insert ``<silence>`` entries into a word alignment exactly as docs/original.md §9.1 step 1.
 
     Words are sorted by start; any positive gap after the running end gets a silence entry;
     a trailing silence with end -1 ("end of audio") is always appended. The LLM sees this text
@@ -222,7 +223,7 @@ def alignment_text(words: Sequence[Mapping]) -> str:
 
 
 def token_times_shared_window(token_strings: Sequence[str], words: Sequence[Mapping]) -> np.ndarray:
-    """Per-token ``[start, end]`` times by the shared-window aligner (SPEC §9.1 step 3).
+    """Per-token ``[start, end]`` times by the shared-window aligner (docs/original.md §9.1 step 3).
 
     All tokens of one word share that word's interval; a word's character budget is spent by
     the stripped token lengths. Tokens that strip to nothing get ``[e_prev, e_prev]``; tokens

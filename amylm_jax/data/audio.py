@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from amylm_jax import paths
+
 CODEC_RATE = 24000
 WAVLM_RATE = 16000
 
@@ -48,6 +50,11 @@ def load_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     Errors name the file so a manifest with thousands of clips points at the bad one.
     """
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+    if not isinstance(source, bytes) and paths.is_url(name):
+        try:
+            source = paths.read_bytes(name)
+        except FileNotFoundError:
+            raise AudioError(f"{name}: audio file not found") from None
     if not isinstance(source, bytes) and not os.path.isfile(name):
         raise AudioError(f"{name}: audio file not found")
     try:
@@ -84,3 +91,11 @@ def load_resampled(
     """Load once and resample from the source rate to each of ``rates`` (no double resampling)."""
     wave, rate = load_audio(source)
     return {r: resample(wave, rate, r) for r in rates}
+
+
+def write_wav(path: str | os.PathLike, audio: np.ndarray, rate: int = CODEC_RATE) -> None:
+    """Write float audio as 16-bit PCM wav to a local path or URL (folders are created)."""
+    buf = io.BytesIO()
+    wave = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
+    sf.write(buf, wave, rate, subtype="PCM_16", format="WAV")
+    paths.write_bytes(path, buf.getvalue())

@@ -11,18 +11,25 @@ package; its store is built on first use with the `tiny-random` teachers into a 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from amylm_jax.data.store import MANIFEST
+from absl import flags
+
+from amylm_jax import cli
+from amylm_jax.data.extract import build_store
+from amylm_jax.data.store import MANIFEST, locate_store
+
+#: The store name that means "the bundled demo corpus".
+DEMO_NAME = "demo"
 
 # Bump when the corpus, the tiny-random teachers or the store format change.
-DEMO_STORE_VERSION = 1
+DEMO_STORE_VERSION = 2
 
 
 def demo_corpus_dir() -> Path:
@@ -50,7 +57,7 @@ def _locked(path: Path) -> Iterator[None]:
 def build_demo_store(out_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Return the demo store directory, building it first if it is missing (or `force`).
 
-    The build runs `amylm_jax.data.prepare.build_store` on the bundled alignments with the
+    The build runs `amylm_jax.data.extract.build_store` on the bundled alignments with the
     tiny-random teachers; the store writer's atomic rename means an interrupted build leaves
     no store behind, and the lock makes a second caller wait and then reuse the first's.
     """
@@ -62,8 +69,6 @@ def build_demo_store(out_dir: str | os.PathLike | None = None, force: bool = Fal
             return out  # built by someone else while we waited
         if force and out.exists():
             shutil.rmtree(out)
-        from amylm_jax.data.prepare import build_store
-
         build_store(
             demo_corpus_dir() / "alignments.jsonl",
             out,
@@ -74,16 +79,33 @@ def build_demo_store(out_dir: str | os.PathLike | None = None, force: bool = Fal
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`build [--out=DIR] [--force]`: build the demo store and print its location."""
-    parser = argparse.ArgumentParser(prog="python -m amylm_jax.data.demo", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build the demo feature store")
-    build.add_argument("--out", default=None, help="store directory (default: the cache)")
-    build.add_argument("--force", action="store_true", help="rebuild even if it exists")
-    args = parser.parse_args(argv)
-    print(build_demo_store(args.out, force=args.force))
+def resolve_store(path_or_name: str | os.PathLike) -> Path:
+    """Turn a store argument into a store directory.
+
+    "demo" is reserved for the bundled demo corpus: its store is built on first use into the
+    cache (:func:`build_demo_store`). Anything else must be an existing store directory.
+    """
+    if str(path_or_name) == DEMO_NAME:
+        return build_demo_store()
+    return locate_store(path_or_name)
+
+
+FLAGS = cli.new_flags()
+flags.DEFINE_string("out", None, "Store directory (default: the cache).", flag_values=FLAGS)
+flags.DEFINE_bool("force", False, "Rebuild even if the store exists.", flag_values=FLAGS)
+
+
+def _main(args: list[str]) -> int:
+    if args != ["build"]:
+        raise cli.UsageError("usage: python -m amylm_jax.data.demo build [--out=DIR] [--force]")
+    print(build_demo_store(FLAGS.out, force=FLAGS.force))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``build [--out=DIR] [--force]``: build the demo store and print its location."""
+    return cli.run(_main, FLAGS, "amylm_jax.data.demo", __doc__, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

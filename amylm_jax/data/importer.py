@@ -1,12 +1,14 @@
 """Import the original on-disk dataset (HF ``datasets.load_from_disk`` layout) into a feature store.
 
-The original trainer read ``audio``, ``wavlm_feat``, ``llm_feat`` and ``llm_times`` (SPEC §9.2)
-and aligned them per item on every epoch. This importer does the collator's alignment once per
-clip (WavLM adaptive pooling, LLM interval means with the D4 guard) and writes the store.
+The original trainer read ``audio``, ``wavlm_feat``, ``llm_feat`` and ``llm_times``
+(docs/original.md §9.2) and aligned them per item on every epoch. This importer does the
+collator's alignment once per clip (WavLM adaptive pooling, LLM interval means with the D4
+guard) and writes the store.
 
-Defect D1: the stored WavLM sequences keep their batch's padded length. By default the whole
-stored sequence is pooled (parity with the original); ``repair_d1`` trims each to its own
-conv-stack frame count first. The manifest reports how many clips were padded
+Defect D1: the stored WavLM sequences keep their batch's padded length. By default each is
+trimmed to its own conv-stack frame count before pooling (``repair_d1=True``);
+``repair_d1=False`` (``prepare --norepair_d1``) pools the whole stored sequence as the original
+did, for parity runs. The manifest reports how many clips were padded
 (``d1_padded``) and how many were trimmed (``d1_repaired``).
 """
 
@@ -18,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from amylm_jax.data import align, audio
-from amylm_jax.data.prepare import ClipError
+from amylm_jax.data.extract import ClipError
+from amylm_jax.data.store import StoreWriter, open_store
 
 REQUIRED_COLUMNS = ("audio", "wavlm_feat", "llm_feat", "llm_times")
 _FEATURE_COLUMNS = ("wavlm_feat", "llm_feat", "llm_times")
@@ -32,7 +36,7 @@ _SHORT_FRAMES_TOLERANCE = 2
 
 def load_original(path: str | os.PathLike, split: str | None = None) -> Any:
     """Load the dataset and check its columns; a DatasetDict needs one split or ``split``."""
-    import datasets
+    import datasets  # optional: only to read the original dataset
 
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
@@ -85,7 +89,7 @@ def import_row(
     row: dict,
     clip_id: str,
     dims: tuple[int | None, int | None],
-    repair_d1: bool = False,
+    repair_d1: bool = True,
     repair_times: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Align one original row into a store record; returns ``(record, wavlm_was_padded)``."""
@@ -136,7 +140,7 @@ def _row_transcript(row: dict) -> str:
 def import_hf_dataset(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
-    repair_d1: bool = False,
+    repair_d1: bool = True,
     skip_bad: bool = False,
     *,
     repair_times: bool = False,
@@ -149,9 +153,6 @@ def import_hf_dataset(
     Bad rows raise :class:`ClipError` naming the clip, or with ``skip_bad`` are counted and
     listed in the manifest. Feature dims are taken from the first good row.
     """
-    from tqdm import tqdm
-
-    from amylm_jax.data.store import StoreWriter, open_store
 
     ds = load_original(path, split)
     has_ids = "segment_id" in ds.column_names

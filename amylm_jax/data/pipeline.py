@@ -1,15 +1,20 @@
 """Grain input pipeline: split by clip, crop, batch, shard per process, checkpointable.
 
-The original collator (SPEC §9.3) drew an arbitrary sample start and started the features at
+The original collator (docs/original.md §9.3) drew an arbitrary sample start and started the
+features at
 `floor(start / 1920)`, so targets led the audio by up to 80 ms (D3). By default the start is a
 multiple of 1920 samples (one 12.5 Hz frame) and audio and features line up exactly;
 `frame_aligned_crops=False` restores the original draw for parity runs.
 
 Determinism without hidden state, and the same data for any number of processes: there is
 one global example order, a pure function of `(cfg, j)` for global example index `j`: epoch
-`e = j // per_epoch` with `per_epoch = steps_per_epoch * batch_size` (the remainder of each
-epoch is dropped), a permutation of the training clips seeded by `(seed, shuffle tag, e)` and
-a crop start seeded by `(seed, crop tag, e, clip_index)`. Global step `s` is global examples
+`e = j // n_train`, a permutation of the training clips seeded by `(seed, shuffle tag, e)`
+and a crop start seeded by `(seed, crop tag, e, clip_index)`. Epochs follow each other in
+this stream with nothing dropped: every clip is used exactly once per epoch, as in the
+original (whose last batch of an epoch was smaller). Batches keep one static shape instead: a
+batch that straddles two epochs takes its last rows from the next epoch's order, and
+`steps_per_epoch = ceil(n_train / batch_size)` is the trainer's epoch length for its means.
+Global step `s` is global examples
 `[s B, (s + 1) B)`; process `p` of `P` takes rows `[p B/P, (p + 1) B/P)` of it, so the P
 per-process batches of a step, concatenated in process order, are exactly the single-process
 batch of that step (multi-host training sees the same data as one host), and within an epoch
@@ -28,47 +33,29 @@ with `B = batch_size // process_count` per process.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import grain
 import numpy as np
+from absl import flags
 
+from amylm_jax.config import DataConfig
 from amylm_jax.data.audio import int16_to_float
+from amylm_jax.data.demo import resolve_store
 from amylm_jax.data.store import (
     FRAME_RATE,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     Store,
     open_store,
-    resolve_store,
 )
 
 # Distinct tags keep the shuffle and crop random streams independent of each other.
 _SHUFFLE_TAG, _CROP_TAG = 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where the data come from and how it is cut (library side of the data config).
-
-    `batch_size` is GLOBAL: each of `process_count` processes gets `batch_size // process_count`
-    examples per step. `val_clips` (explicit clip ids) overrides `val_fraction`.
-    """
-
-    store: str = "demo"
-    batch_size: int = 16
-    segment_seconds: float = 1.0
-    frame_aligned_crops: bool = True
-    val_fraction: float = 0.2
-    val_clips: tuple[str, ...] = ()
-    split_seed: int = 42
-    seed: int = 42
-    worker_count: int = 0
-    shuffle: bool = True
 
 
 def segment_samples(cfg: DataConfig) -> int:
@@ -121,14 +108,16 @@ def _local_batch(cfg: DataConfig, process_count: int) -> int:
 
 def _steps(n_train: int, cfg: DataConfig, process_count: int) -> int:
     _local_batch(cfg, process_count)  # the global batch must split evenly over the processes
-    return n_train // cfg.batch_size
+    if n_train < cfg.batch_size:
+        return 0
+    return -(-n_train // cfg.batch_size)
 
 
 def steps_per_epoch(cfg: DataConfig, process_count: int = 1, store: Store | None = None) -> int:
-    """Training steps per epoch, `n_train // batch_size` for any process count.
+    """Training steps per epoch, `ceil(n_train / batch_size)` for any process count.
 
-    The remainder of each epoch is dropped; `process_count` is only checked to divide the
-    global batch.
+    Every clip is used once per epoch (see the module docstring); `process_count` is only
+    checked to divide the global batch.
     """
     store = store or _open(cfg.store)
     train, _ = split_clips(store, cfg)
@@ -138,7 +127,7 @@ def steps_per_epoch(cfg: DataConfig, process_count: int = 1, store: Store | None
 def crop_start(
     num_samples: int, cfg: DataConfig, rng: np.random.Generator | None, training: bool = True
 ) -> int:
-    """Crop start in samples (SPEC §9.3 step 2 with the D3 fix unless switched off).
+    """Crop start in samples (docs/original.md §9.3 step 2 with the D3 fix unless switched off).
 
     Aligned: a uniform frame index k in `[0, (L - N) // 1920]`, start = 1920 k (the crop fits).
     Parity: uniform in `[0, L - N)` as the original. Validation and short clips start at 0.
@@ -194,12 +183,11 @@ class _TrainBatch:
         store: Store,
         clips: np.ndarray,
         cfg: DataConfig,
-        steps: int,
         process_index: int,
         local_batch: int,
     ):
         self.store, self.clips, self.cfg = store, clips, cfg
-        self.per_epoch = steps * cfg.batch_size
+        self.per_epoch = len(clips)  # an epoch is one pass over the clips
         self.process_index, self.local_batch = process_index, local_batch
         self._orders: dict[int, np.ndarray] = {}
 
@@ -248,13 +236,9 @@ def _to_plain_arrays(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _finish(ds: Any, cfg: DataConfig) -> Any:
-    import grain
-
     # Elements are whole batches: a small thread pool and buffer are plenty.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
     if cfg.worker_count > 0:
-        from absl import flags
-
         # Grain's worker processes read absl flags; outside an absl main (tests, notebooks)
         # nothing parsed them, so use their defaults.
         if not flags.FLAGS.is_parsed():
@@ -279,8 +263,6 @@ def make_train_dataset(
     Element i is this process's rows of global step `start_step + i`; grain's own iterator
     state counts from `start_step`. `make_train_iterator` wraps it with an absolute step state.
     """
-    import grain
-
     store = store or _open(cfg.store)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -294,7 +276,7 @@ def make_train_dataset(
             f"store {store.path} has {len(train)} training clips: too few for a global batch of "
             f"{cfg.batch_size} over {process_count} process(es); lower batch_size"
         )
-    fn = _TrainBatch(store, train, cfg, steps, process_index, local_batch)
+    fn = _TrainBatch(store, train, cfg, process_index, local_batch)
     ds = grain.MapDataset.range(start_step, sys.maxsize).map(fn)
     return _finish(ds, cfg)
 
@@ -329,7 +311,6 @@ def _open_train_at(cfg: DataConfig, step: int, **kw: Any) -> Any:
 @functools.cache
 def _train_iterator_type() -> type:
     """The training iterator class (defined lazily: importing grain is slow)."""
-    import grain
 
     class TrainIterator(grain.DatasetIterator):
         """Next global step + a grain iterator opened there on first use."""
@@ -390,8 +371,6 @@ def make_eval_iterator(
     The last batch is padded to full size with `weight = 0` examples; every process yields
     `eval_steps(cfg, process_count)` batches so multi-host evaluation stays in lockstep.
     """
-    import grain
-
     store = store or _open(cfg.store)
     local_batch = _local_batch(cfg, process_count)
     _, val = split_clips(store, cfg)

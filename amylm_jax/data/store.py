@@ -1,17 +1,24 @@
-"""Aligned feature store: one ArrayRecord record per clip, features already on the 12.5 Hz grid.
+"""Aligned feature store: one record per clip, features already on the 12.5 Hz grid.
 
 Why a store: the original recomputed WavLM pooling and LLM interval means for every item on
-every epoch (SPEC §9.4) and kept untrimmed WavLM sequences (D1). Here the offline step
-(`amylm_jax.data.prepare`) aligns each clip once and writes the result with `StoreWriter`;
-the training pipeline only crops. A store is a directory:
+every epoch (docs/original.md §9.4) and kept untrimmed WavLM sequences (D1). Here the offline
+step (`amylm_jax.data.extract`) aligns each clip once and writes the result with
+`StoreWriter`; the training pipeline only crops. A store is a folder, local or on object
+storage (``gs://bucket/stores/amy``):
 
-    manifest.json                 version, rates, counts, dims, teachers, shards, clip ids,
-                                  skipped clips
-    shard-00000.array_record ...  one record per clip (`encode_record`)
+    manifest.json          version, rates, counts, dims, teachers, shards, clip ids, skipped
+    shard-00000.records    the records of up to 256 clips, back to back (`encode_record`)
+    shard-00000.index      their byte offsets: num_records + 1 little-endian uint64
 
-Records are serialised without pickle: a length-prefixed JSON header followed by the raw
-array buffers, so reading one is a few `np.frombuffer` calls. Writes go to a temporary sibling
-directory renamed into place at close, so a crash never leaves a store that looks complete.
+Reading record `i` is one ranged read of its bytes (`os.pread` locally, one HTTP range request
+on object storage), so training reads only the clips its batches use and a store of many TB
+never has to be copied to a worker's disk. Records are serialised without pickle: a
+length-prefixed JSON header followed by the raw array buffers, so decoding one is a few
+`np.frombuffer` calls.
+
+Writes are atomic: locally the store is written to a temporary sibling folder renamed into
+place at close; on object storage the shards are uploaded first and the manifest last, so a
+store without its manifest is never opened, and a failed write deletes what it uploaded.
 """
 
 from __future__ import annotations
@@ -22,18 +29,21 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-STORE_VERSION = 1
+from amylm_jax import paths
+
+STORE_VERSION = 2
+_INDEX_DTYPE = np.dtype("<u8")
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
 SAMPLES_PER_FRAME = 1920  # SAMPLE_RATE / FRAME_RATE
 MANIFEST = "manifest.json"
-DEMO_NAME = "demo"
 _HEADER = struct.Struct("<I")
 _ARRAYS = {"audio": np.int16, "wavlm": np.float16, "llm": np.float16}
 
@@ -131,7 +141,8 @@ class StoreWriter:
 
     Use `add(record)` per clip and `skip(clip_id, reason)` for clips that were dropped (they are
     listed in the manifest so a run can say what it did not train on). `overwrite=True` replaces
-    an existing store at close; otherwise an existing `out_dir` is an error.
+    an existing store at close; otherwise an existing `out_dir` is an error. `out_dir` may be a
+    URL: the store is then built in a local temporary folder and uploaded at close.
     """
 
     def __init__(
@@ -147,26 +158,32 @@ class StoreWriter:
     ) -> None:
         if records_per_shard < 1:
             raise ValueError("records_per_shard must be >= 1")
-        self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not overwrite:
-            raise FileExistsError(f"{self.out_dir} exists; pass overwrite=True to replace it")
+        self.remote = paths.is_url(out_dir)
+        self.out_dir = paths.as_path(out_dir) if self.remote else Path(out_dir)
+        if paths.exists(self.out_dir / MANIFEST) if self.remote else self.out_dir.exists():
+            if not overwrite:
+                raise FileExistsError(f"{self.out_dir} exists; pass overwrite=True to replace it")
         self.wavlm_dim, self.llm_dim = int(wavlm_dim), int(llm_dim)
         self.teachers = dict(teachers)
         self.extra_manifest = dict(extra_manifest or {})
         self.records_per_shard = records_per_shard
         self.overwrite = overwrite
         self._tmp: Path | None = None
-        self._writer: Any = None
+        self._file: Any = None
+        self._offsets: list[int] = []
         self._shards: list[dict[str, Any]] = []
         self._skipped: list[dict[str, str]] = []
         self._ids: dict[str, None] = {}  # insertion-ordered set: record order
         self._total_seconds = 0.0
 
     def __enter__(self) -> StoreWriter:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(
-            tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent)
-        )
+        if self.remote:
+            self._tmp = Path(tempfile.mkdtemp(prefix="amylm-store-"))
+        else:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = Path(
+                tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent)
+            )
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -183,9 +200,11 @@ class StoreWriter:
         if cid in self._ids:
             raise ValueError(f"clip {cid!r}: duplicate clip_id")
         validate_record(record, self.wavlm_dim, self.llm_dim)
-        if self._writer is None or self._shards[-1]["num_records"] >= self.records_per_shard:
+        if self._file is None or self._shards[-1]["num_records"] >= self.records_per_shard:
             self._open_shard()
-        self._writer.write(encode_record(record))
+        data = encode_record(record)
+        self._file.write(data)
+        self._offsets.append(self._offsets[-1] + len(data))
         self._shards[-1]["num_records"] += 1
         self._ids[cid] = None
         self._total_seconds += float(record["duration"])
@@ -194,23 +213,28 @@ class StoreWriter:
         """Record that a clip was left out, and why."""
         self._skipped.append({"clip_id": str(clip_id), "reason": str(reason)})
 
+    def _finish_shard(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        shard = self._shards[-1]
+        index = np.asarray(self._offsets, _INDEX_DTYPE)
+        (self._tmp / shard["index"]).write_bytes(index.tobytes())
+        shard["num_bytes"] = int(index[-1])
+
     def _open_shard(self) -> None:
-        from array_record.python.array_record_module import ArrayRecordWriter
+        self._finish_shard()
+        stem = f"shard-{len(self._shards):05d}"
+        self._file = open(self._tmp / f"{stem}.records", "wb")  # noqa: SIM115
+        self._offsets = [0]
+        self._shards.append({"file": f"{stem}.records", "index": f"{stem}.index", "num_records": 0})
 
-        if self._writer is not None:
-            self._writer.close()
-        name = f"shard-{len(self._shards):05d}.array_record"
-        # group_size:1 keeps every record independently seekable for grain's random access.
-        self._writer = ArrayRecordWriter(str(self._tmp / name), "group_size:1")
-        self._shards.append({"file": name, "num_records": 0})
-
-    def close(self) -> Path:
+    def close(self) -> paths.PathLike:
         """Finish the last shard, write the manifest and move the store into place."""
         if self._tmp is None:
             raise RuntimeError("StoreWriter is not open")
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._finish_shard()
         manifest = {
             **self.extra_manifest,
             "version": STORE_VERSION,
@@ -226,6 +250,9 @@ class StoreWriter:
             "clip_ids": list(self._ids),
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if self.remote:
+            self._upload()
+            return self.out_dir
         os.chmod(self._tmp, 0o777 & ~_umask())  # mkdtemp made it private; use normal perms
         old = None
         if self.out_dir.exists():
@@ -240,10 +267,31 @@ class StoreWriter:
             shutil.rmtree(old, ignore_errors=True)
         return self.out_dir
 
+    def _upload(self) -> None:
+        """Shards first, the manifest last; on failure remove what was uploaded."""
+        names = [n for s in self._shards for n in (s["file"], s["index"])]
+        done: list[str] = []
+        try:
+            if self.overwrite and paths.exists(self.out_dir / MANIFEST):
+                (self.out_dir / MANIFEST).unlink()  # the old store is gone from here on
+            for name in [*names, MANIFEST]:
+                paths.upload(self._tmp / name, self.out_dir / name)
+                done.append(name)
+        except BaseException:
+            for name in done:
+                try:
+                    (self.out_dir / name).unlink()
+                except OSError:
+                    pass
+            raise
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
     def _abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -252,52 +300,118 @@ class StoreWriter:
 class Store:
     """Random-access view of a store: `len(store)`, `store[i]` -> record dict.
 
-    Picklable (grain ships it to worker processes); the ArrayRecord readers are opened lazily
-    in each process.
+    Picklable (grain ships it to worker processes): shard indexes and file handles are opened
+    lazily in each process. `bytes_read` counts the record bytes this process has read.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.remote = paths.is_url(path)
+        self.path = paths.as_path(path) if self.remote else Path(path)
         manifest_file = self.path / MANIFEST
-        if not manifest_file.is_file():
-            raise FileNotFoundError(f"no feature store at {self.path} (missing {MANIFEST})")
-        self.manifest: dict[str, Any] = json.loads(manifest_file.read_text())
-        self._source: Any = None
+        try:
+            text = paths.read_text(manifest_file)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no feature store at {self.path} (missing {MANIFEST})"
+            ) from None
+        except Exception as err:  # object storage: no bucket, no credentials, ...
+            raise paths.StorageError(
+                f"store {self.path}: cannot read {MANIFEST}: {paths.explain(err, self.path)}"
+            ) from None
+        self.manifest: dict[str, Any] = json.loads(text)
+        version = self.manifest.get("version")
+        if version != STORE_VERSION:
+            raise ValueError(
+                f"store {self.path} has format version {version}; this version of amylm_jax "
+                f"reads version {STORE_VERSION}. Rebuild it with `python -m amylm_jax.prepare` "
+                "(the per-clip feature cache makes a rebuild quick)."
+            )
         self._clip_ids: list[str] | None = None
+        self._starts = np.cumsum([0] + [int(s["num_records"]) for s in self.manifest["shards"]])
+        self._reset()
+
+    def _reset(self) -> None:
+        self._indexes: dict[int, np.ndarray] = {}
+        self._handles: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self.bytes_read = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "manifest": self.manifest, "_clip_ids": self._clip_ids}
+        keep = ("remote", "path", "manifest", "_clip_ids", "_starts")
+        return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._source = None
+        self._reset()
 
-    def shard_paths(self) -> list[Path]:
-        """Shard files in record order."""
+    def shard_paths(self) -> list[Any]:
+        """Record files of the shards, in record order."""
         return [self.path / s["file"] for s in self.manifest["shards"]]
 
-    def _reader(self) -> Any:
-        if self._source is None:
-            import grain
+    def _index(self, shard: int) -> np.ndarray:
+        index = self._indexes.get(shard)
+        if index is None:
+            spec = self.manifest["shards"][shard]
+            try:
+                raw = paths.read_bytes(self.path / spec["index"])
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"store {self.path} is missing shard index {spec['index']}"
+                ) from None
+            index = np.frombuffer(raw, _INDEX_DTYPE)
+            if index.size != int(spec["num_records"]) + 1:
+                raise ValueError(
+                    f"store {self.path}: {spec['index']} lists {index.size - 1} records, "
+                    f"manifest says {spec['num_records']}"
+                )
+            with self._lock:
+                self._indexes[shard] = index
+        return index
 
-            missing = [str(p) for p in self.shard_paths() if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(f"store {self.path} is missing shard(s): {missing}")
-            paths = [str(p) for p in self.shard_paths()]
-            self._source = grain.sources.ArrayRecordDataSource(paths) if paths else []
-        return self._source
+    def _read(self, shard: int, start: int, end: int) -> bytes:
+        target = self.path / self.manifest["shards"][shard]["file"]
+        if self.remote:
+            data = paths.read_range(target, start, end)
+        else:
+            with self._lock:
+                fd = self._handles.get(shard)
+                if fd is None:
+                    try:
+                        fd = os.open(target, os.O_RDONLY)
+                    except FileNotFoundError:
+                        raise FileNotFoundError(
+                            f"store {self.path} is missing shard {target.name}"
+                        ) from None
+                    self._handles[shard] = fd
+            data = os.pread(fd, end - start, start)
+        if len(data) != end - start:
+            raise ValueError(f"store {self.path}: {target.name} is truncated")
+        with self._lock:
+            self.bytes_read += len(data)
+        return data
 
     def __len__(self) -> int:
         return int(self.manifest["num_clips"])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(shard, position in the shard)`` of record ``index``."""
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return shard, index - int(self._starts[shard])
 
     def read_bytes(self, index: int) -> bytes:
         """Raw serialised record `index` (0-based across shards)."""
         if not 0 <= index < len(self):
             raise IndexError(f"record {index} out of range for a store of {len(self)} clips")
-        return self._reader()[index]
+        shard, pos = self.locate(index)
+        offsets = self._index(shard)
+        return self._read(shard, int(offsets[pos]), int(offsets[pos + 1]))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return decode_record(self.read_bytes(int(index)))
+
+    def size_bytes(self) -> int:
+        """Total bytes of the record files (from the manifest)."""
+        return sum(int(s.get("num_bytes", 0)) for s in self.manifest["shards"])
 
     @property
     def clip_ids(self) -> list[str]:
@@ -315,14 +429,21 @@ class Store:
     def llm_dim(self) -> int:
         return int(self.manifest["llm_dim"])
 
+    def __del__(self) -> None:
+        for fd in getattr(self, "_handles", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
 
 def open_store(path: str | os.PathLike) -> Store:
-    """Open an existing store directory (use `resolve_store` first for names like "demo")."""
+    """Open an existing store directory (see ``data.demo.resolve_store`` for "demo")."""
     return Store(path)
 
 
 def check_store(path: str | os.PathLike) -> dict[str, Any]:
-    """Read every record and verify the store against its manifest.
+    """Read every record and verify the store against its manifest (local path or URL).
 
     Returns a report (clips, seconds, dims, shards, skipped); raises `ValueError` naming the
     first bad clip or the inconsistent count/shard, `FileNotFoundError` for a missing store.
@@ -332,37 +453,31 @@ def check_store(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("version", "num_clips", "wavlm_dim", "llm_dim", "shards", "skipped", "clip_ids"):
         if key not in m:
             raise ValueError(f"store {store.path}: manifest lacks {key!r}")
-    if m["version"] != STORE_VERSION:
-        raise ValueError(f"store {store.path}: version {m['version']} != {STORE_VERSION}")
-    for p in store.shard_paths():
-        if not p.is_file():
-            raise ValueError(f"store {store.path}: missing shard {p.name}")
-    from array_record.python.array_record_module import ArrayRecordReader
-
+    for spec in m["shards"]:
+        for key in ("file", "index"):
+            if not paths.exists(store.path / spec[key]):
+                raise ValueError(f"store {store.path}: missing shard {spec[key]}")
     seen: list[str] = []
     seen_set: set[str] = set()
     total = 0.0
     n = 0
-    for shard, p in zip(m["shards"], store.shard_paths(), strict=True):
-        reader = ArrayRecordReader(str(p))
-        try:
-            count = reader.num_records()
-            if count != shard["num_records"]:
-                raise ValueError(
-                    f"store {store.path}: shard {p.name} holds {count} records, "
-                    f"manifest says {shard['num_records']}"
-                )
-            for data in reader.read_all():
-                rec = decode_record(data)
-                validate_record(rec, store.wavlm_dim, store.llm_dim)
-                if rec["clip_id"] in seen_set:
-                    raise ValueError(f"clip {rec['clip_id']!r}: duplicate clip_id")
-                seen.append(rec["clip_id"])
-                seen_set.add(rec["clip_id"])
-                total += rec["duration"]
-                n += 1
-        finally:
-            reader.close()
+    for shard, spec in enumerate(m["shards"]):
+        offsets = store._index(shard)  # noqa: SLF001 - checks the count against the manifest
+        data = paths.read_bytes(store.path / spec["file"])
+        if len(data) != int(offsets[-1]):
+            raise ValueError(
+                f"store {store.path}: shard {spec['file']} has {len(data)} bytes, its index "
+                f"says {int(offsets[-1])}"
+            )
+        for pos in range(int(spec["num_records"])):
+            rec = decode_record(data[int(offsets[pos]) : int(offsets[pos + 1])])
+            validate_record(rec, store.wavlm_dim, store.llm_dim)
+            if rec["clip_id"] in seen_set:
+                raise ValueError(f"clip {rec['clip_id']!r}: duplicate clip_id")
+            seen.append(rec["clip_id"])
+            seen_set.add(rec["clip_id"])
+            total += rec["duration"]
+            n += 1
     if n != m["num_clips"]:
         raise ValueError(f"store {store.path}: {n} records, manifest num_clips {m['num_clips']}")
     if seen != list(m["clip_ids"]):
@@ -379,17 +494,17 @@ def check_store(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def resolve_store(path_or_name: str | os.PathLike) -> Path:
-    """Turn a store argument into a store directory.
-
-    "demo" is reserved for the bundled demo corpus: its store is built on first use into the
-    cache (see `amylm_jax.data.demo`). Anything else must be an existing store directory.
-    """
-    if str(path_or_name) == DEMO_NAME:
-        from amylm_jax.data.demo import build_demo_store
-
-        return build_demo_store()
-    path = Path(path_or_name).expanduser()
+def locate_store(path: str | os.PathLike) -> Any:
+    """The store folder at ``path`` (local or URL); a clear error if there is no store there."""
+    if paths.is_url(path):
+        where = paths.check_readable(path, "store")
+        if not paths.exists(where / MANIFEST):
+            raise FileNotFoundError(
+                f"no feature store at {str(where)!r} (no {MANIFEST}). Pass a folder written by "
+                "`python -m amylm_jax.prepare`."
+            )
+        return str(where)
+    path = Path(path).expanduser()
     if not (path / MANIFEST).is_file():
         raise FileNotFoundError(
             f"no feature store at {str(path)!r} (no {MANIFEST}). Pass the directory written by "

@@ -1,6 +1,7 @@
 """Teacher models for distillation targets: WavLM (acoustic) and a causal LM (text).
 
-Extraction mirrors the original offline pipeline (SPEC §9.1 steps 2-3) with defect D1 fixed:
+Extraction mirrors the original offline pipeline (docs/original.md §9.1 steps 2-3) with defect D1
+fixed:
 each clip's WavLM sequence is trimmed to its own conv-stack frame count, so batch padding never
 leaks into targets. LLM features are ``hidden_states[-2]`` over the alignment text (with
 ``<silence>`` tokens, D11), cut to each sequence's true length, with per-token times from the
@@ -64,7 +65,7 @@ def _from_pretrained(loader: Any, name: str, kind: str, flag: str, **kwargs: Any
 
 
 def _torch_device(device: str) -> Any:
-    import torch
+    import torch  # heavy (PyTorch): only when this path runs
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TeacherLoadError(f"device {device!r} requested but CUDA is not available")
@@ -72,7 +73,7 @@ def _torch_device(device: str) -> Any:
 
 
 def _torch_dtype(dtype: str | None, default: str) -> Any:
-    import torch
+    import torch  # heavy (PyTorch): only when this path runs
 
     name = dtype or default
     if not hasattr(torch, name):
@@ -99,7 +100,7 @@ class WavLMTeacher:
 
         Returns float32 ``[wavlm_frame_count(len), D]`` arrays in input order.
         """
-        import torch
+        import torch  # heavy (PyTorch): only when this path runs
 
         lengths = [len(w) for w in waves_16k]
         for i, n in enumerate(lengths):
@@ -148,7 +149,7 @@ class LLMTeacher:
         is their join. Right padding plus causal attention leaves real tokens unaffected, and
         each sequence is cut to its attention-mask length.
         """
-        import torch
+        import torch  # heavy (PyTorch): only when this path runs
 
         texts = [align.alignment_text(words) for words in word_lists]
         tok = self.tokenizer
@@ -172,7 +173,7 @@ class LLMTeacher:
 
 def _tiny_wavlm() -> tuple[Any, Any]:
     """A 2-layer, 32-wide WavLM with the real conv strides (50 Hz) and layer-norm features."""
-    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel  # heavy (PyTorch)
 
     config = WavLMConfig(
         hidden_size=_TINY_DIM,
@@ -204,8 +205,8 @@ def _tiny_wavlm() -> tuple[Any, Any]:
 
 def tiny_tokenizer() -> Any:
     """A byte-level tokenizer with a fixed 256-symbol vocabulary: deterministic, no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # heavy (PyTorch side)
+    from transformers import PreTrainedTokenizerFast  # heavy (PyTorch)
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
@@ -221,7 +222,7 @@ def tiny_tokenizer() -> Any:
 
 def _tiny_llm() -> tuple[Any, Any]:
     """A 2-layer, 32-wide Qwen3 causal LM over the byte-level vocabulary."""
-    from transformers import AutoModelForCausalLM, Qwen3Config
+    from transformers import AutoModelForCausalLM, Qwen3Config  # heavy (PyTorch)
 
     tokenizer = tiny_tokenizer()
     config = Qwen3Config(
@@ -241,7 +242,7 @@ def _tiny_llm() -> tuple[Any, Any]:
 
 def _seeded(build: Any) -> tuple[Any, Any]:
     """Build a tiny model under a fixed torch seed without disturbing the global RNG."""
-    import torch
+    import torch  # heavy (PyTorch): only when this path runs
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_TINY_SEED)
@@ -256,7 +257,7 @@ def load_wavlm(
     if name == TINY:
         model, fe = _seeded(_tiny_wavlm)
     else:
-        from transformers import Wav2Vec2FeatureExtractor, WavLMModel
+        from transformers import Wav2Vec2FeatureExtractor, WavLMModel  # heavy (PyTorch)
 
         fe = _from_pretrained(Wav2Vec2FeatureExtractor, name, "WavLM", "wavlm")
         model = _from_pretrained(WavLMModel, name, "WavLM", "wavlm")
@@ -278,7 +279,7 @@ def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: str | None = N
         model, tokenizer = _seeded(_tiny_llm)
         default = "float32"
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy (PyTorch)
 
         tokenizer = _from_pretrained(AutoTokenizer, name, "LLM", "llm")
         model = _from_pretrained(AutoModelForCausalLM, name, "LLM", "llm")

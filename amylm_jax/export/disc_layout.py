@@ -1,4 +1,4 @@
-"""PyTorch key map of the MS-STFT discriminator (audiocraft naming, SPEC §4.5, §5).
+"""PyTorch key map of the MS-STFT discriminator (audiocraft naming, docs/original.md §4.5, §5).
 
 The original's discriminator is audiocraft's ``MultiScaleSTFTDiscriminator`` whose
 ``NormConv2d`` wraps an ``nn.Conv2d`` in ``.conv`` and applies the legacy

@@ -1,10 +1,11 @@
 """Import PyTorch Mimi/Amy weights into the Flax variable tree, and export them back.
 
-SPEC §4: a Kyutai Mimi file has 32 codebook slots (318 tensors); Amy has 33 (321 tensors),
+docs/original.md §4: a Kyutai Mimi file has 32 codebook slots (318 tensors); Amy has 33 (321
+tensors),
 the extra one being ``rvq_first`` layer 1 (prosody). Loading a Kyutai file into Amy leaves
 exactly that slot's three buffers missing; they get the fresh-codebook defaults and are
 k-means initialised by the first training step. The original silently turned a missing
-path into a Hugging Face download (SPEC §11, D8); here a missing path is an error.
+path into a Hugging Face download (docs/defects.md, D8); here a missing path is an error.
 
 The variable tree is ``{"params": {...}, "codebooks": {...}}`` as in docs/CONTRACTS.md; every
 array is a numpy array (float32, ``countdown`` int32) so callers choose device placement.
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
+from safetensors.numpy import load_file
 
+from amylm_jax import paths
 from amylm_jax.config import CodecConfig
 from amylm_jax.export.torch_layout import TensorRule, key_rules, legacy_rename, to_flax, to_torch
 
@@ -47,20 +51,28 @@ def load_torch_state(path: str | os.PathLike, allow_pickle: bool = False) -> dic
     exist raises ``FileNotFoundError``.
     """
     path = os.fspath(path)
+    if paths.is_url(path):  # object storage: one download into a temporary local copy
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, os.path.basename(path))
+            try:
+                data = paths.read_bytes(path)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"weights file not found: {path}") from None
+            with open(local, "wb") as f:
+                f.write(data)
+            return load_torch_state(local, allow_pickle)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith((".safetensors", ".sft", ".sfts")):
-        from safetensors.numpy import load_file
-
         try:
             return {k: _upcast(v) for k, v in load_file(path).items()}
         except TypeError:  # bfloat16 without ml_dtypes registered: go through torch
             from safetensors.torch import load_file as load_torch_file
 
             return _tensors_to_numpy(load_torch_file(path, device="cpu"))
-    import pickle
+    import pickle  # only for its error type
 
-    import torch
+    import torch  # heavy (PyTorch): only when this path runs
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
@@ -93,7 +105,7 @@ def _tensors_to_numpy(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def normalize_keys(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Strip a Lightning ``model.`` prefix and apply the legacy renames of SPEC §4.2."""
+    """Strip a Lightning ``model.`` prefix and apply the legacy renames of docs/original.md §4.2."""
     out: dict[str, np.ndarray] = {}
     for key, value in state.items():
         if key.startswith("model."):

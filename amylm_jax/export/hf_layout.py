@@ -151,7 +151,7 @@ def transformers_config_kwargs(config: CodecConfig) -> dict[str, Any]:
 
 def transformers_config(config: CodecConfig):
     """``transformers.MimiConfig`` of our codec: all ``n_q`` slots, ``n_q_first`` semantic."""
-    from transformers import MimiConfig
+    from transformers import MimiConfig  # heavy (PyTorch)
 
     return MimiConfig(**transformers_config_kwargs(config))
 

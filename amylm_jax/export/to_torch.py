@@ -27,17 +27,21 @@ PyTorch, and that a ``kyutai`` file has no prosody slot (it comes back with fres
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
+import struct
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import flags
+from safetensors.numpy import save
 
+from amylm_jax import cli, paths
+from amylm_jax.checkpoint import CheckpointError, resolve_step, restore_run_state
 from amylm_jax.config import CodecConfig, DiscConfig, HeadsConfig, TrainConfig, from_dict
 from amylm_jax.export import hf_layout
 from amylm_jax.export.disc_layout import disc_from_torch, disc_to_torch
@@ -208,19 +212,24 @@ def file_paths(out: str | os.PathLike) -> tuple[str, str, str]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata stored in a safetensors file's header."""
-    from safetensors import safe_open
+    """The string metadata stored in a safetensors file's header (local path or URL).
 
-    with safe_open(os.fspath(path), framework="numpy") as f:
-        return dict(f.metadata() or {})
+    Reads only the header: its 8-byte little-endian length, then the JSON header.
+    """
+    try:
+        (size,) = struct.unpack("<Q", paths.read_range(path, 0, 8))
+        header = json.loads(paths.read_range(path, 8, 8 + size))
+    except FileNotFoundError:
+        raise ExportError(f"{os.fspath(path)}: no such file") from None
+    except (struct.error, ValueError) as err:
+        raise ExportError(f"{os.fspath(path)}: not a safetensors file ({err})") from None
+    return dict(header.get("__metadata__") or {})
 
 
 def _save(path: str, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> None:
-    from safetensors.numpy import save_file
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write a safetensors file whole (local path or URL)."""
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    save_file(tensors, path, metadata={"format": "pt", **metadata})
+    paths.write_bytes(path, save(tensors, metadata={"format": "pt", **metadata}))
 
 
 def _codec_json(config: CodecConfig) -> str:
@@ -237,8 +246,6 @@ def codec_config_of(path: str | os.PathLike) -> CodecConfig:
 
 def checkpoint_step(workdir: str, step: int | None) -> int:
     """The step to export (latest by default), with clear errors for a bad workdir/step."""
-    from amylm_jax.checkpoint import CheckpointError, resolve_step
-
     try:
         return resolve_step(workdir, step)
     except CheckpointError as err:
@@ -254,8 +261,6 @@ def export_run(
     with_discriminator: bool = False,
 ) -> ExportResult:
     """Export a run's checkpoint (latest or ``step``) to PyTorch safetensors files."""
-    from amylm_jax.train import restore_run_state
-
     _check_layout(layout)
     step = checkpoint_step(workdir, step)
     cfg, state = restore_run_state(workdir, step)
@@ -290,7 +295,7 @@ def export_state(
     _save(codec_path, tensors, meta)
     written_json = None
     if layout == "transformers":
-        hf_layout.transformers_config(cfg.codec).to_json_file(json_path)
+        paths.write_text(json_path, hf_layout.transformers_config(cfg.codec).to_json_string())
         written_json = json_path
     written_extra = None
     if with_heads or with_discriminator:
@@ -319,41 +324,42 @@ def disc_config_of(path: str | os.PathLike) -> DiscConfig:
 
 
 # ------------------------------------------------------------------------------- CLI
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m amylm_jax.export",
-        description="Export a training run's checkpoint to PyTorch safetensors.",
-    )
-    p.add_argument("--workdir", required=True, help="training run directory (with checkpoints/)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--out", required=True, help="output FILE.safetensors")
-    p.add_argument("--layout", default="amy", help=f"one of {', '.join(LAYOUTS)} (default amy)")
-    p.add_argument("--with_heads", action="store_true", help="wavlm_proj/llm_proj -> extra file")
-    p.add_argument(
-        "--with_discriminator", action="store_true", help="discriminator.* -> extra file"
-    )
-    return p
+FLAGS = cli.new_flags()
+flags.DEFINE_string(
+    "workdir", None, "Training run directory, local or URL (with checkpoints/).", flag_values=FLAGS
+)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output FILE.safetensors (local or URL).", flag_values=FLAGS)
+flags.DEFINE_enum("layout", "amy", list(LAYOUTS), "Layout of the codec file.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "with_heads", False, "Write wavlm_proj/llm_proj to the extra file.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "with_discriminator", False, "Write discriminator.* to the extra file.", flag_values=FLAGS
+)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 with a message on a user error)."""
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
-    try:
-        result = export_run(
-            args.workdir,
-            args.out,
-            step=args.step,
-            layout=args.layout,
-            with_heads=args.with_heads,
-            with_discriminator=args.with_discriminator,
-        )
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _main(args: list[str]) -> int:
+    if args:
+        raise cli.UsageError(f"unexpected arguments {args}; see --help")
+    if not FLAGS.workdir or not FLAGS.out:
+        raise cli.UsageError("--workdir and --out are required")
+    result = export_run(
+        FLAGS.workdir,
+        FLAGS.out,
+        step=FLAGS.step,
+        layout=FLAGS.layout,
+        with_heads=FLAGS.with_heads,
+        with_discriminator=FLAGS.with_discriminator,
+    )
     for message in result.warnings:
         print(f"WARNING: {message}", file=sys.stderr)
     for path in (result.codec, result.config_json, result.extra):
         if path:
             print(path)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the tool on ``argv`` (without the program name); returns the exit status."""
+    return cli.run(_main, FLAGS, "amylm_jax.export", __doc__, argv)

@@ -1,4 +1,4 @@
-"""PyTorch <-> Flax layout of every tensor of the Mimi/Amy codec (SPEC §4.2-4.4).
+"""PyTorch <-> Flax layout of every tensor of the Mimi/Amy codec (docs/original.md §4.2-4.4).
 
 One table (:func:`key_rules`) lists, for a :class:`CodecConfig`, each PyTorch state-dict key
 with its Flax collection and path, its PyTorch shape and the kind of layout transform. The
@@ -46,7 +46,7 @@ _TO_TORCH: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "flag": lambda w: w.reshape((1,)),
 }
 
-# Old names that the original remaps on load (SPEC §4.2). Applied to the key suffix.
+# Old names that the original remaps on load (docs/original.md §4.2). Applied to the key suffix.
 LEGACY_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\.self_attn\.in_proj_weight$"), ".self_attn.in_projs.0.weight"),
     (re.compile(r"\.self_attn\.in_proj\.weight$"), ".self_attn.in_projs.0.weight"),

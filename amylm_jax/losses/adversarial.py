@@ -1,4 +1,5 @@
-"""Hinge adversarial losses, feature matching and discriminator accuracy (SPEC §6.2, §6.3, §8).
+"""Hinge adversarial losses, feature matching and discriminator accuracy (docs/original.md §6.2,
+§6.3, §8).
 
 All functions take the per-scale lists returned by
 ``amylm_jax.models.discriminator.MultiScaleSTFTDiscriminator`` and average over the
@@ -65,7 +66,7 @@ def discriminator_accuracy(
 ) -> tuple[jax.Array, jax.Array]:
     """``(real_acc, fake_acc)`` = ``(1/K) sum_k mean(1[D_k(real) > 0])`` and ``... < 0`` (fake).
 
-    An addition to the original's metrics (SPEC §8): 0 is the hinge decision boundary.
+    An addition to the original's metrics (docs/original.md §8): 0 is the hinge decision boundary.
     """
     real = sum(_mean(r > 0) for r in logits_real) / len(logits_real)
     fake = sum(_mean(f < 0) for f in logits_fake) / len(logits_fake)

@@ -1,4 +1,4 @@
-"""Cosine distillation losses and their experiment knobs (SPEC §6.4, §8, §10, D19).
+"""Cosine distillation losses and their experiment knobs (docs/original.md §6.4, §8, §10, D19).
 
 REF: ``loss = 1 - mean_{b,t} cos(pred[b, t], target[b, t])`` over *all* ``B x T`` frames,
 zero-padded ones included (a zero target gives cosine 0, i.e. loss 1 for that frame; defect
@@ -92,7 +92,7 @@ def distill_loss(
 def trivial_baseline(
     target_BxTxD: jax.Array, mean_vec_D: jax.Array, *, mask_BxT: jax.Array | None = None
 ) -> jax.Array:
-    """Loss of the constant prediction ``mean_vec`` (SPEC §8 recommended baseline).
+    """Loss of the constant prediction ``mean_vec`` (docs/original.md §8 recommended baseline).
 
     ``1 - mean cos(mu, target)`` with ``mu`` the mean target vector over the training set: a
     distillation loss near this value means the head has learned little beyond a constant

@@ -1,4 +1,4 @@
-"""STFT, mel filterbanks and the multi-scale mel-spectrogram loss "msspec" (SPEC §6.1).
+"""STFT, mel filterbanks and the multi-scale mel-spectrogram loss "msspec" (docs/original.md §6.1).
 
 The original computes these with ``torchaudio`` (``Spectrogram`` / ``MelSpectrogram`` with
 ``center=False``); here they are written out explicitly so every step is visible and the
@@ -146,7 +146,7 @@ def mel_filterbank(
 
 @dataclasses.dataclass(frozen=True)
 class MelLossConfig:
-    """The trainer's ``MultiScaleMelSpectrogramLoss`` arguments (SPEC §6.1 REF values).
+    """The trainer's ``MultiScaleMelSpectrogramLoss`` arguments (docs/original.md §6.1 REF values).
 
     Scales ``i = range_start .. range_end - 1`` use ``n_fft = win = 2**i``, ``hop = n_fft//4``.
     ``normalized`` both turns on window normalisation and divides by ``sum(alpha + 1)``;
@@ -208,7 +208,8 @@ def msspec_loss(
     cfg: MelLossConfig = MelLossConfig(),
     method: RfftMethod = "fft",
 ) -> jax.Array:
-    """Multi-scale mel loss between generated ``x`` and real ``y`` (SPEC §6.1), float32 scalar.
+    """Multi-scale mel loss between generated ``x`` and real ``y`` (docs/original.md §6.1), float32
+    scalar.
 
     ``sum_scales [mean|mel_x - mel_y| + alpha * mean (log10(floor + mel_x) - log10(floor +
     mel_y))^2]``, divided by ``sum(alpha + 1)`` when ``cfg.normalized``. Means run over all

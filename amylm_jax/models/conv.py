@@ -1,4 +1,4 @@
-"""Causal 1-D convolution primitives of the Mimi/Amy generator (SPEC §2.2, §4.4).
+"""Causal 1-D convolution primitives of the Mimi/Amy generator (docs/original.md §2.2, §4.4).
 
 Everything here is channels-last (``[B, T, C]``). The two causal rules are:
 
@@ -47,7 +47,7 @@ def pad_for_conv1d(x: jax.Array, kernel: int, stride: int, padding_total: int = 
 
     This is the padding applied to the raw audio before the encoder (``kernel = stride =
     frame_size``): ``N`` is rounded up to the next multiple of the frame size, so every
-    12.5 Hz frame sees a whole window (SPEC §2.2). Axis 1 is the time axis.
+    12.5 Hz frame sees a whole window (docs/original.md §2.2). Axis 1 is the time axis.
     """
     length = x.shape[1]
     n_frames = (length - kernel + padding_total) / stride + 1

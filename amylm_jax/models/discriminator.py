@@ -1,11 +1,11 @@
-"""Multi-scale STFT discriminator (audiocraft ``MultiScaleSTFTDiscriminator``, SPEC §5).
+"""Multi-scale STFT discriminator (audiocraft ``MultiScaleSTFTDiscriminator``, docs/original.md §5).
 
 Each sub-discriminator takes the complex STFT of the waveform (float32, ``center=False``,
 periodic Hann, window normalisation), stacks ``[real, imag]`` as two channels of an image
 ``[B, M frames, F bins, 2]`` (channels-last; height = time, width = frequency) and runs five
 2-D convolutions with LeakyReLU(0.3) plus a post convolution giving the logits.
 
-Weight norm (SPEC §4.5) is reproduced as in PyTorch: the first conv is a plain conv; the
+Weight norm (docs/original.md §4.5) is reproduced as in PyTorch: the first conv is a plain conv; the
 others store ``kernel_v`` (HWIO ``[kh, kw, in, out]``) and ``kernel_g`` (``[out]``) and use
 ``W = g * v / ||v||`` with the norm per output channel over ``(kh, kw, in)``; ``g`` is
 initialised to ``||v||`` so ``W = v`` at init. The PyTorch key map lives in
@@ -42,7 +42,8 @@ from amylm_jax.models.conv import torch_uniform_init
 
 Dtype = Any
 
-# (kernel (t, f), stride (t, f), dilation (t, f), weight norm) for c0..c4 and post (SPEC §5.1).
+# (kernel (t, f), stride (t, f), dilation (t, f), weight norm) for c0..c4 and post
+# (docs/original.md §5.1).
 _LAYERS: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool], ...] = (
     ((3, 9), (1, 1), (1, 1), False),
     ((3, 9), (1, 2), (1, 1), True),
@@ -238,7 +239,7 @@ class DiscriminatorSTFT(nn.Module):
 
 
 class MultiScaleSTFTDiscriminator(nn.Module):
-    """Five STFT sub-discriminators ``discs_{k}`` in ``n_ffts`` order (SPEC §5.2).
+    """Five STFT sub-discriminators ``discs_{k}`` in ``n_ffts`` order (docs/original.md §5.2).
 
     Returns ``(logits, fmaps)``: ``logits[k]`` is ``[B, M_k, F'_k, 1]`` and ``fmaps[k]`` a list
     of five ``[B, M_k, F_{k,l}, filters]`` arrays, all float32.

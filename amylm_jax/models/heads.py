@@ -1,8 +1,8 @@
 """Distillation heads: projections of the 512-d quantizer latent onto teacher features.
 
 The original trainer projects ``[B, T, 512]`` latents to the WavLM (1024) and LLM (2048)
-feature spaces before a cosine loss (SPEC §6.4). Its experiments swapped the projection
-architecture (SPEC §10), so one module with a ``kind`` switch covers all of them:
+feature spaces before a cosine loss (docs/original.md §6.4). Its experiments swapped the projection
+architecture (docs/original.md §10), so one module with a ``kind`` switch covers all of them:
 
 * ``"linear"`` (REF): ``Linear(in, out)`` with bias;
 * ``"mlp"`` (§10.1): ``Linear(in, 2 in) -> ReLU -> Linear(2 in, out)``;

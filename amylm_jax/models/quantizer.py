@@ -1,4 +1,4 @@
-"""Split residual VQ with EMA codebooks, as used by Amy (SPEC §3).
+"""Split residual VQ with EMA codebooks, as used by Amy (docs/original.md §3).
 
 ``SplitResidualVQ`` holds two ``ResidualVQ``s that quantise the *same* input: ``rvq_first``
 (codebook 0 = semantic, codebook 1 = prosody quantising the residual of codebook 0) and
@@ -6,7 +6,8 @@
 collection (names in docs/CONTRACTS.md); a training call needs
 ``apply(..., mutable=["codebooks"], rngs={"quantizer": key})`` (or an explicit ``rng=``).
 
-Gradients (SPEC §3.7, §3.9): residuals use detached codebook vectors and the training output
+Gradients (docs/original.md §3.7, §3.9): residuals use detached codebook vectors and the training
+output
 is ``z + stop_gradient(q_sum - z)``, so the only gradient path from the output back to the
 input is the whole-RVQ identity STE; centroids never receive gradients; ``decode(codes)``
 reaches only ``output_proj``.
@@ -40,13 +41,15 @@ class RVQOutput:
 
     ``x`` is ``[B, T, output_dimension]``; ``codes`` ``[B, K, T]`` int32 (K active layers);
     ``penalty`` the commitment loss (computed, unused at REF; 0 in eval mode); ``metrics`` a
-    flat dict ``{entropy_g, expired_g, usage_g}`` over the active global codebook indices g.
+    flat dict ``{entropy_g, expired_g, usage_g}`` over the active global codebook indices g;
+    ``first_vectors`` the (detached) codebook vectors layer 0 chose, ``[B, T, dimension]``.
     """
 
     x: jax.Array
     codes: jax.Array
     penalty: jax.Array
     metrics: dict[str, jax.Array]
+    first_vectors: jax.Array | None = None
 
 
 @struct.dataclass
@@ -167,7 +170,7 @@ class ResidualVQ(nn.Module):
             self.output_proj(z)
 
     def __call__(self, emb: jax.Array, *, train: bool, rng: jax.Array | None = None) -> RVQOutput:
-        """Quantise ``emb`` ``[B, T, input_dimension]`` (SPEC §3.7).
+        """Quantise ``emb`` ``[B, T, input_dimension]`` (docs/original.md §3.7).
 
         In training mode the active, non-frozen codebooks update their buffers (requires the
         ``codebooks`` collection to be mutable) and draw randomness from ``rng`` or, if None,
@@ -186,6 +189,7 @@ class ResidualVQ(nn.Module):
         residual = z.reshape(b * t, -1)
         q_sum = jnp.zeros_like(residual)
         codes, commits, metrics = [], [], {}
+        first_vectors = None
         prev_initialized = jnp.array(True)
         for l in range(self.n_active):
             layer = self.layers[l]
@@ -199,6 +203,8 @@ class ResidualVQ(nn.Module):
             )
             prev_initialized = initialized_before
             q_l = jax.lax.stop_gradient(step.quantized)
+            if l == 0:
+                first_vectors = q_l
             if train:
                 commits.append(jnp.mean(jnp.square(residual - q_l)))
             residual = residual - q_l
@@ -217,10 +223,13 @@ class ResidualVQ(nn.Module):
             x = self.output_proj(out)
         codes_bkt = jnp.stack(codes, axis=1) if codes else jnp.zeros((b, 0, t), jnp.int32)
         penalty = jnp.mean(jnp.stack(commits)) if commits else jnp.zeros((), jnp.float32)
-        return RVQOutput(x=x, codes=codes_bkt, penalty=penalty, metrics=metrics)
+        first = first_vectors.reshape(b, t, -1) if first_vectors is not None else None
+        return RVQOutput(
+            x=x, codes=codes_bkt, penalty=penalty, metrics=metrics, first_vectors=first
+        )
 
     def encode(self, emb: jax.Array) -> jax.Array:
-        """Eval-path codes ``[B, n_active, T]`` int32 (SPEC §3.8); no state change."""
+        """Eval-path codes ``[B, n_active, T]`` int32 (docs/original.md §3.8); no state change."""
         self._touch_all(emb)
         b, t, _ = emb.shape
         residual = self.input_proj(emb).reshape(b * t, -1)
@@ -254,7 +263,8 @@ class ResidualVQ(nn.Module):
 
 
 class SplitResidualVQ(nn.Module):
-    """Amy's split quantizer (SPEC §3.1): ``rvq_first`` (2 slots) + ``rvq_rest`` in parallel."""
+    """Amy's split quantizer (docs/original.md §3.1): ``rvq_first`` (2 slots) + ``rvq_rest`` in
+    parallel."""
 
     config: QuantizerConfig
 
@@ -277,7 +287,7 @@ class SplitResidualVQ(nn.Module):
 
         ``train_rest=False`` runs ``rvq_rest`` in eval mode inside a training call (no
         buffer updates, no STE, zero penalty), as the ``semantic_prosody_only`` phase of
-        SPEC §10.3. ``rng`` (else the ``quantizer`` stream) is split into (first, rest).
+        docs/original.md §10.3. ``rng`` (else the ``quantizer`` stream) is split into (first, rest).
         """
         key_first = key_rest = None
         if train and not self.is_initializing():
@@ -289,7 +299,7 @@ class SplitResidualVQ(nn.Module):
         return SplitRVQOutput(first=first, rest=rest)
 
     def encode(self, emb: jax.Array) -> jax.Array:
-        """Codes ``[B, num_codebooks, T]`` int32 (eval path, SPEC §3.8)."""
+        """Codes ``[B, num_codebooks, T]`` int32 (eval path, docs/original.md §3.8)."""
         return jnp.concatenate([self.rvq_first.encode(emb), self.rvq_rest.encode(emb)], axis=1)
 
     def decode(self, codes: jax.Array) -> jax.Array:
@@ -305,18 +315,23 @@ class SplitResidualVQ(nn.Module):
         return out
 
     def decode_semantic(self, codes: jax.Array) -> jax.Array:
-        """``rvq_first.decode(codes[:, :1])``: the LLM distillation latent (SPEC §3.9).
+        """``rvq_first.decode(codes[:, :1])``: the LLM distillation latent (docs/original.md §3.9).
 
         Called after the training forward in the same ``apply`` it uses the post-update
         codebook-0 centroids, as the original trainer does.
         """
         return self.rvq_first.decode(codes[:, :1])
 
+    def project_semantic(self, vectors: jax.Array) -> jax.Array:
+        """``rvq_first.output_proj`` of given codebook-0 vectors ``[B, T, dimension]``."""
+        return self.rvq_first.output_proj(vectors)
+
     def semantic_ste(self, emb: jax.Array, codes: jax.Array) -> jax.Array:
         """Codebook-0-only ``rvq_first`` output with the straight-through estimator.
 
         ``output_proj(z + stop_gradient(E_0[code_0] - z))`` with ``z = input_proj(emb)``: the
-        "STE" semantic latent of the later experiments (SPEC §10.2-10.3). Its gradient reaches
+        "STE" semantic latent of the later experiments (docs/original.md §10.2-10.3). Its gradient
+        reaches
         both projections and ``emb``. Call it with the pre-update codebooks.
         """
         rvq = self.rvq_first

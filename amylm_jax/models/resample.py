@@ -1,6 +1,7 @@
 """Learnt frame-rate conversion between the encoder rate (25 Hz) and the codec rate (12.5 Hz).
 
-SPEC §2.6: a causal strided conv (kernel ``2 * stride``, no bias, *replicate* left padding)
+docs/original.md §2.6: a causal strided conv (kernel ``2 * stride``, no bias, *replicate* left
+padding)
 downsamples; a causal transposed conv (kernel ``2 * stride``, no bias, depthwise as in
 Kyutai's released checkpoint) upsamples. The kernel is a direct parameter of each module
 (``downsample/kernel``, ``upsample/kernel``) to match the variable-tree contract.

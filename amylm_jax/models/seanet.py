@@ -1,4 +1,4 @@
-"""SEANet convolutional encoder and decoder of Mimi (SPEC §2.3-2.4), channels-last.
+"""SEANet convolutional encoder and decoder of Mimi (docs/original.md §2.3-2.4), channels-last.
 
 Submodules are named ``model_{i}`` after their index in the original ``nn.Sequential`` (ELUs
 take indices too but hold no parameters), and a residual block's two convolutions are

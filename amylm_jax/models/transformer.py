@@ -1,4 +1,4 @@
-"""Causal pre-norm transformer of Mimi's encoder/decoder (SPEC §2.5), channels-last.
+"""Causal pre-norm transformer of Mimi's encoder/decoder (docs/original.md §2.5), channels-last.
 
 ``[B, T, D] -> [B, T, D]``; Mimi's ``ProjectedTransformer`` has identity input/output
 projections (``input_dimension == d_model``), so this is the whole module. Parameter names

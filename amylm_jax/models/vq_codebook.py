@@ -1,4 +1,4 @@
-"""One Euclidean EMA codebook as pure functions on its state (SPEC §3.3-3.6).
+"""One Euclidean EMA codebook as pure functions on its state (docs/original.md §3.3-3.6).
 
 The Flax module in ``quantizer.py`` only stores the state in the ``codebooks`` collection and
 calls :func:`train_update`; keeping the arithmetic here makes it jittable with fixed shapes
@@ -44,7 +44,7 @@ class CodebookStep(NamedTuple):
 
 
 def initial_state(cfg: QuantizerConfig) -> CodebookState:
-    """Values of a codebook that was not loaded from a checkpoint (SPEC §3.3)."""
+    """Values of a codebook that was not loaded from a checkpoint (docs/original.md §3.3)."""
     return CodebookState(
         embedding_sum=jnp.zeros((cfg.bins, cfg.dimension), jnp.float32),
         cluster_usage=jnp.ones((cfg.bins,), jnp.float32),
@@ -72,7 +72,8 @@ def usage_ratio(usage: jax.Array, threshold_ratio: float = 0.1) -> jax.Array:
 
 
 def quantize(state: CodebookState, x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
-    """Eval-mode quantisation (SPEC §3.4 steps 2-3): ``(codes [M], E[codes] [M, dim])``."""
+    """Eval-mode quantisation (docs/original.md §3.4 steps 2-3): ``(codes [M], E[codes] [M,
+    dim])``."""
     emb = centroids(state, epsilon)
     codes = nearest_codes(x, emb)
     return codes, jnp.take(emb, codes, axis=0)
@@ -116,7 +117,7 @@ def train_update(
     key: jax.Array,
     cfg: QuantizerConfig,
 ) -> tuple[CodebookState, CodebookStep]:
-    """One training-mode codebook call in the exact order of SPEC §3.4.
+    """One training-mode codebook call in the exact order of docs/original.md §3.4.
 
     Args:
       state: buffers before the call.

@@ -1,4 +1,5 @@
-"""Nearest-centroid search, index sampling and k-means for the EMA codebooks (SPEC §3.3, §3.5).
+"""Nearest-centroid search, index sampling and k-means for the EMA codebooks (docs/original.md
+§3.3, §3.5).
 
 Everything here is a pure function on plain arrays so that it jits with fixed shapes and so
 that tests can reproduce the random choices: every random draw of the quantizer goes through
@@ -73,7 +74,7 @@ def cluster_stats(x: jax.Array, codes: jax.Array, bins: int) -> tuple[jax.Array,
 
 
 def kmeans(x: jax.Array, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Euclidean k-means as the original ``_run_kmeans`` (SPEC §3.5).
+    """Euclidean k-means as the original ``_run_kmeans`` (docs/original.md §3.5).
 
     Args:
       x: samples ``[M, D]`` (no gradient is taken through this).

@@ -28,10 +28,14 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from amylm_jax.data.audio import resample
+from amylm_jax.losses.spectral import hann_window, mel_filterbank
 
 EPS_LOG = 1e-5
 MEL_N_FFT, MEL_HOP, MEL_BANDS, MEL_FMIN, MEL_FMAX = 1024, 256, 80, 0.0, 12000.0
@@ -109,8 +113,6 @@ def si_sdr(ref: np.ndarray, est: np.ndarray, eps: float = 1e-12) -> float:
 
 def stft_magnitude(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """``|STFT|`` ``[frames, n_fft // 2 + 1]``: periodic Hann, centred (zero padded), float64."""
-    from amylm_jax.losses.spectral import hann_window
-
     x = np.asarray(x, np.float64).reshape(-1)
     x = np.pad(x, (n_fft // 2, n_fft // 2))
     m = 1 + (x.size - n_fft) // hop
@@ -121,8 +123,6 @@ def stft_magnitude(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
 
 def log_mel(x: np.ndarray, sample_rate: int = 24000) -> np.ndarray:
     """``log10(max(mel, 1e-5))`` of the magnitude mel spectrogram (parameters above)."""
-    from amylm_jax.losses.spectral import mel_filterbank
-
     fb = mel_filterbank(sample_rate, MEL_N_FFT, MEL_BANDS, MEL_FMIN, MEL_FMAX)
     mel = stft_magnitude(x, MEL_N_FFT, MEL_HOP) @ fb.astype(np.float64)
     return np.log10(np.maximum(mel, EPS_LOG))
@@ -148,12 +148,10 @@ def stft_distance(ref: np.ndarray, est: np.ndarray, n_ffts: Sequence[int] = STFT
 def stoi(ref: np.ndarray, est: np.ndarray, sample_rate: int = 24000) -> tuple[float | None, str]:
     """``(STOI, "")`` or ``(None, reason)`` when pystoi is missing or cannot score the pair."""
     try:
-        from pystoi import stoi as _stoi
+        from pystoi import stoi as _stoi  # optional (the eval extra)
     except ImportError:
         return None, "pystoi not installed (pip install pystoi)"
     ref, est = _pair(ref, est)
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         value = float(_stoi(ref, est, sample_rate, extended=False))
@@ -167,11 +165,9 @@ def stoi(ref: np.ndarray, est: np.ndarray, sample_rate: int = 24000) -> tuple[fl
 def pesq_wb(ref: np.ndarray, est: np.ndarray, sample_rate: int = 24000) -> tuple[float | None, str]:
     """Wideband PESQ at 16 kHz: ``(value, "")`` or ``(None, reason)``."""
     try:
-        from pesq import pesq as _pesq
+        from pesq import pesq as _pesq  # optional (the eval extra)
     except ImportError:
         return None, "pesq not installed (pip install pesq)"
-    from amylm_jax.data.audio import resample
-
     ref, est = _pair(ref, est)
     if not np.any(ref):
         return None, "pesq: silent reference (nothing to score)"

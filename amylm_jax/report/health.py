@@ -1,36 +1,24 @@
-"""Loss health report: read a run's metrics, judge them against the loss cheat sheet.
+"""The loss health report of a run: status of each metric, phase, ratios, diagnoses.
 
-``python -m amylm_jax.report PATH [--json] [--plots DIR]`` where PATH is a training workdir
-(holding ``metrics.jsonl``), a ``metrics.jsonl`` file, or a text file of ``train/name:value``
-lines as pasted from a log. The report gives, per quick-reference metric, the latest value, its
-status and band, the cosine similarity for the distillation losses, the trend over the last
-epochs, the cheat sheet's ratios, the training phase and the diagnoses with config-level
-fixes. Thresholds and fixes live in :mod:`amylm_jax.report_rules`; the live check used by the
-trainer is :func:`amylm_jax.report_rules.check_epoch`.
-
-When a metric has no epoch record yet, the mean of its last step values stands in (and the
-report says so). A metric absent from the log is reported as missing.
+:func:`build_report` turns a :class:`~amylm_jax.report.runlog.RunLog` into a JSON-ready dict
+and :func:`format_report` into a table. Thresholds and fixes live in
+:mod:`amylm_jax.report.rules`. When a metric has no epoch record yet, the mean of its last step
+values stands in (and the report says so); a metric absent from the log is reported missing.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from amylm_jax.report_plots import write_plots  # noqa: F401  (part of this module's API)
-from amylm_jax.report_rules import (
+from amylm_jax.report.rules import (
     AUDIO_TIP,
     CRITICAL,
     DEFAULT_ALPHAS,
     RULES,
     SEVERITY,
     Diagnosis,
-    canonical_name,
     discriminator_balance,
     loss_g_cause,
     match_band,
@@ -38,139 +26,13 @@ from amylm_jax.report_rules import (
     trend_diagnosis,
     trend_of,
 )
-
-__all__ = [
-    "RunLog",
-    "build_report",
-    "detect_phase",
-    "format_report",
-    "load_run",
-    "main",
-    "trend_of",
-    "write_plots",
-]
+from amylm_jax.report.runlog import RunLog, _number
 
 ADAPTATION, ADVERSARIAL, UNKNOWN = "adaptation", "adversarial fine-tuning", "unknown"
 STEP_WINDOW = 50  # step values averaged when no epoch value exists yet
 TREND_WINDOW = 5  # epochs the trend looks at
 _DISC_METRICS = ("adv_g_epoch", "loss_d_epoch", "feat_epoch")
 _ACC_METRICS = ("d_real_acc_epoch", "d_fake_acc_epoch")
-
-
-@dataclasses.dataclass
-class RunLog:
-    """A run's metrics keyed by canonical name (``llm_epoch`` for both step and epoch series).
-
-    ``epochs[name]`` and ``steps[name]`` are ``(epoch or step, value)`` pairs sorted by x, the
-    latest write winning for a repeated x (a resumed run re-logs some steps).
-    """
-
-    source: str
-    config: dict[str, Any] = dataclasses.field(default_factory=dict)
-    epochs: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
-    steps: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
-    validation: dict[str, float] = dataclasses.field(default_factory=dict)
-    skipped_lines: int = 0
-    epochs_numbered: bool = True  # False when epoch records carry no "epoch" (pasted lines)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def _read_jsonl(path: Path, text: str) -> tuple[list[dict[str, Any]], int]:
-    lines = text.splitlines()
-    records, skipped = [], 0
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if i == len(lines):  # a partly written last line of a live run
-                skipped += 1
-                continue
-            raise ValueError(f"{path}:{i}: not a JSON line ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records, skipped
-
-
-def _read_text(path: Path, text: str) -> list[dict[str, Any]]:
-    record: dict[str, Any] = {}
-    for i, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#") or line.startswith("```"):
-            continue
-        sep = ":" if ":" in line else "="
-        name, _, raw = line.rpartition(sep)
-        try:
-            record[name.strip()] = float(raw)
-        except ValueError:
-            raise ValueError(f"{path}:{i}: expected 'train/name:value', got {line!r}") from None
-    if not record:
-        raise ValueError(f"{path}: no metric lines found")
-    return [record]
-
-
-def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
-    """Sort records into epoch, step and validation series; unrelated keys are ignored."""
-    log = RunLog(source=source)
-    epochs: dict[str, dict[int, float]] = {}
-    steps: dict[str, dict[int, float]] = {}
-    n_epoch_records = 0
-    for index, record in enumerate(records):
-        if isinstance(record.get("config"), Mapping):
-            log.config = dict(record["config"])
-        step = _number(record.get("step"))
-        x_step = int(step) if step is not None else index
-        has_epoch_key = False
-        for key, raw in record.items():
-            value = _number(raw)
-            if value is None or not isinstance(key, str):
-                continue
-            if key.startswith("val/"):
-                log.validation[key.removeprefix("val/")] = value
-            elif key.startswith("train/") and key.endswith("_epoch"):
-                has_epoch_key = True
-                epoch = _number(record.get("epoch"))
-                log.epochs_numbered &= epoch is not None
-                x_epoch = int(epoch) if epoch is not None else n_epoch_records
-                epochs.setdefault(canonical_name(key), {})[x_epoch] = value
-            elif key.startswith("train/") and key.endswith("_step"):
-                steps.setdefault(canonical_name(key), {})[x_step] = value
-        n_epoch_records += has_epoch_key
-    log.epochs = {k: sorted(v.items()) for k, v in epochs.items()}
-    log.steps = {k: sorted(v.items()) for k, v in steps.items()}
-    return log
-
-
-def load_run(path: str | Path) -> RunLog:
-    """Read a workdir, a ``metrics.jsonl`` or a ``train/name:value`` text file.
-
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it cannot be read.
-    """
-    path = Path(path)
-    if path.is_dir():
-        candidate = path / "metrics.jsonl"
-        if not candidate.is_file():
-            raise FileNotFoundError(f"{path} is a directory without metrics.jsonl")
-        path = candidate
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read metrics file {path}: {err}") from None
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    if first.startswith("{"):
-        records, skipped = _read_jsonl(path, text)
-    else:
-        records, skipped = _read_text(path, text), 0
-    log = records_to_log(records, source=str(path))
-    log.skipped_lines = skipped
-    return log
 
 
 def _config_value(config: Mapping[str, Any], dotted: str) -> Any:
@@ -345,30 +207,3 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"      cause: {diag['cause']}")
         lines += [f"      fix:   {fix}" for fix in diag["fixes"]]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: print the report (table or ``--json``), optionally write plots."""
-    parser = argparse.ArgumentParser(prog="python -m amylm_jax.report", description=__doc__)
-    parser.add_argument("path", help="workdir, metrics.jsonl, or a train/name:value text file")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--plots", metavar="DIR", help="write one PNG per metric to DIR")
-    args = parser.parse_args(argv)
-    try:
-        log = load_run(args.path)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    report = build_report(log)
-    if args.plots:
-        try:
-            report["plots"] = [str(p) for p in write_plots(log, args.plots)]
-        except ImportError:
-            print("error: --plots needs matplotlib (pip install matplotlib)", file=sys.stderr)
-            return 2
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

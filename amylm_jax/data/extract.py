@@ -1,6 +1,7 @@
 """Offline feature preparation: word alignments + audio -> aligned feature store.
 
-One pass per clip, done once instead of on every epoch (SPEC §9.4): the audio is resampled once
+One pass per clip, done once instead of on every epoch (docs/original.md §9.4): the audio is
+resampled once
 from its source rate to 24 kHz (codec) and 16 kHz (WavLM); WavLM frames are trimmed per clip
 (D1) and pooled to ``T_full = ceil(duration * 12.5)``; LLM token features are interval-averaged
 with the D4 guard. Both are stored as float16.
@@ -18,14 +19,18 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from amylm_jax.data import align, audio
+from amylm_jax import paths
+from amylm_jax.data import align, audio, teachers
+from amylm_jax.data.store import MANIFEST, StoreWriter, open_store
 
 MIN_DURATION_S = 0.1
 # Words may end slightly past the last sample (ASR rounding); more than this means the
@@ -53,14 +58,17 @@ class ClipSpec:
 
     def fingerprint(self) -> str:
         """Hash of everything the cached features depend on (inputs, not teachers)."""
-        size = os.path.getsize(self.audio) if os.path.isfile(self.audio) else -1
+        if paths.is_url(self.audio):
+            size = -1  # object storage: the path and the words identify the clip
+        else:
+            size = os.path.getsize(self.audio) if os.path.isfile(self.audio) else -1
         payload = json.dumps([self.audio, size, self.words], sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()
 
 
 def read_alignment_records(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL alignment manifest or a JSON list of the same objects."""
-    text = Path(path).read_text(encoding="utf-8")
+    """Read a JSONL alignment manifest or a JSON list of the same objects (path or URL)."""
+    text = paths.read_text(path)
     if text.lstrip().startswith("["):
         records = json.loads(text)
     else:
@@ -104,8 +112,14 @@ def parse_record(record: Mapping[str, Any], base_dir: str | os.PathLike, index: 
     cid = str(cid)
     if not record.get("audio"):
         raise ClipError(cid, "no audio path in the manifest")
-    path = os.path.join(base_dir, os.path.expanduser(str(record["audio"])))
-    if not os.path.isfile(path):
+    audio_ref = str(record["audio"])
+    if paths.is_url(audio_ref):
+        path = audio_ref
+    elif paths.is_url(base_dir):
+        path = f"{os.fspath(base_dir).rstrip('/')}/{audio_ref}"
+    else:
+        path = os.path.join(base_dir, os.path.expanduser(audio_ref))
+    if not (paths.exists(path) if paths.is_url(path) else os.path.isfile(path)):
         raise ClipError(cid, f"audio file not found: {record['audio']}")
     words = _record_words(record)
     if not words:
@@ -281,26 +295,38 @@ def build_store(
     overwrite: bool = False,
     keep_cache: bool = True,
     progress: bool = True,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> dict[str, Any]:
     """Build an aligned feature store from an alignment manifest; returns its manifest.
 
     ``manifest`` is a JSONL/JSON path (audio paths relative to it) or a list of records (paths
     relative to ``base_dir``, default the working directory). ``wavlm``/``llm`` are teacher
     names (hub id, local path, ``tiny-random``) or already loaded teachers.
+
+    With ``num_shards > 1`` this process handles only the contiguous block ``shard_index`` of
+    the manifest's clips and writes it as a part store ``OUT/parts/IIIII-of-NNNNN`` (its own
+    per-clip cache beside it); :func:`join_parts` then writes ``OUT/manifest.json`` over all
+    parts, in manifest order, so the joined store holds exactly the records of a one-process
+    build.
     """
-    import shutil
-
-    from tqdm import tqdm
-
-    from amylm_jax.data import teachers
-    from amylm_jax.data.store import StoreWriter, open_store
-
     if isinstance(manifest, (str, os.PathLike)):
-        records, base = read_alignment_records(manifest), Path(manifest).parent
+        records = read_alignment_records(manifest)
+        base = os.fspath(manifest).rsplit("/", 1)[0] if paths.is_url(manifest) else None
+        base = base or Path(manifest).parent
     else:
         records, base = list(manifest), Path(base_dir or os.getcwd())
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index={shard_index} must lie in [0, num_shards={num_shards})")
+    first = 0
+    if num_shards > 1:
+        first, last = shard_bounds(len(records), num_shards, shard_index)
+        records = records[first:last]
+        out_dir = os.path.join(os.fspath(out_dir), PARTS_DIR, part_name(shard_index, num_shards))
+    remote = paths.is_url(out_dir)
+    out_dir = os.fspath(out_dir) if remote else Path(out_dir)
+    exists = paths.exists(paths.join(out_dir, MANIFEST)) if remote else out_dir.exists()
+    if exists and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite to replace it")
     skipped: dict[str, str] = {}
 
@@ -311,7 +337,7 @@ def build_store(
 
     specs: list[ClipSpec] = []
     seen: set[str] = set()
-    for i, rec in enumerate(records):
+    for i, rec in enumerate(records, start=first):
         try:
             spec = parse_record(rec, base, i)
         except ClipError as err:
@@ -322,7 +348,11 @@ def build_store(
         seen.add(spec.clip_id)
         specs.append(spec)
 
-    cache = Path(cache_dir) if cache_dir is not None else out_dir.with_name(out_dir.name + ".work")
+    if cache_dir is None:  # beside the store; a store on object storage caches locally
+        local = Path(os.fspath(out_dir).split("://", 1)[-1]) if remote else out_dir
+        cache_dir = (Path(".amylm_prepare_cache") / local) if remote else local
+        cache_dir = cache_dir.with_name(cache_dir.name + ".work")
+    cache = Path(cache_dir)
     meta = _open_cache(cache, wavlm, llm)
     pending = [
         s for s in specs if _cached_fingerprint(cache / _cache_name(s.clip_id)) != s.fingerprint()
@@ -349,7 +379,7 @@ def build_store(
         "times_repaired": bool(repair_times),
         "num_input_clips": len(records),
     }
-    if all(s.clip_id in skipped for s in specs):
+    if num_shards == 1 and all(s.clip_id in skipped for s in specs):
         raise ValueError(f"no clip left to store: all {len(records)} were skipped ({skipped})")
     writer = StoreWriter(
         out_dir,
@@ -369,3 +399,91 @@ def build_store(
     if not keep_cache:
         shutil.rmtree(cache, ignore_errors=True)
     return open_store(out_dir).manifest
+
+
+# ------------------------------------------------------------------------------- many hosts
+PARTS_DIR = "parts"
+
+
+def part_name(index: int, count: int) -> str:
+    return f"{index:05d}-of-{count:05d}"
+
+
+def shard_bounds(n: int, num_shards: int, index: int) -> tuple[int, int]:
+    """Records ``[first, last)`` of shard ``index``: contiguous blocks, sizes differ by <= 1."""
+    return index * n // num_shards, (index + 1) * n // num_shards
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``(num_shards, shard_index)`` from the job environment, ``(1, 0)`` outside a job.
+
+    SLURM array jobs (``SLURM_ARRAY_TASK_COUNT`` / ``SLURM_ARRAY_TASK_ID``, counted from
+    ``SLURM_ARRAY_TASK_MIN``), multi-task SLURM steps (``SLURM_NTASKS`` / ``SLURM_PROCID``) and
+    Cloud TPU VM workers (``TPU_WORKER_HOSTNAMES`` / ``TPU_WORKER_ID``).
+    """
+    env = os.environ if env is None else env
+    if "SLURM_ARRAY_TASK_COUNT" in env and "SLURM_ARRAY_TASK_ID" in env:
+        low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        return int(env["SLURM_ARRAY_TASK_COUNT"]), int(env["SLURM_ARRAY_TASK_ID"]) - low
+    if int(env.get("SLURM_NTASKS", 1)) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"])
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    if len(hosts) > 1 and "TPU_WORKER_ID" in env:
+        return len(hosts), int(env["TPU_WORKER_ID"])
+    return 1, 0
+
+
+def join_parts(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write ``OUT/manifest.json`` over the part stores in ``OUT/parts``; returns it.
+
+    Every part ``IIIII-of-NNNNN`` must be complete (have its manifest); records keep the
+    manifest order (part 0's, then part 1's, ...); clip ids must be unique across parts and
+    the parts must agree on teachers and feature dims. The part files stay where they are.
+    """
+    root = paths.as_path(out_dir)
+    folder = root / PARTS_DIR
+    names = paths.list_names(folder)
+    parts = [n for n in names if re.fullmatch(r"\d{5}-of-\d{5}", n)]
+    if not parts:
+        raise FileNotFoundError(f"{folder}: no part stores (run prepare with --num_shards first)")
+    count = int(parts[0].split("-of-")[1])
+    want = [part_name(i, count) for i in range(count)]
+    missing = [n for n in want if n not in parts or not paths.exists(folder / n / MANIFEST)]
+    if missing or len(parts) != count:
+        raise ValueError(
+            f"{folder}: parts {missing or sorted(set(parts) - set(want))} are missing, "
+            f"unfinished or from another shard count; rerun those shards, then --join"
+        )
+    manifests = [json.loads(paths.read_text(folder / n / MANIFEST)) for n in want]
+    first = manifests[0]
+    shards, clip_ids, skipped, seen = [], [], [], set()
+    for name, m in zip(want, manifests, strict=True):
+        for key in ("version", "wavlm_dim", "llm_dim", "teachers"):
+            if m[key] != first[key]:
+                raise ValueError(f"{folder}/{name}: {key} {m[key]!r} differs from part 0's")
+        for spec in m["shards"]:
+            shards.append(
+                {**spec, **{k: f"{PARTS_DIR}/{name}/{spec[k]}" for k in ("file", "index")}}
+            )
+        dup = seen.intersection(m["clip_ids"])
+        if dup:
+            raise ValueError(
+                f"{folder}/{name}: clip ids also in an earlier part: {sorted(dup)[:5]}"
+            )
+        seen.update(m["clip_ids"])
+        clip_ids += m["clip_ids"]
+        skipped += m["skipped"]
+    if not clip_ids:
+        raise ValueError(f"no clip left to store: all were skipped ({skipped})")
+    joined = {
+        **first,
+        "num_clips": len(clip_ids),
+        "total_seconds": round(sum(m["total_seconds"] for m in manifests), 6),
+        "num_input_clips": sum(m.get("num_input_clips", 0) for m in manifests),
+        "shards": shards,
+        "skipped": skipped,
+        "clip_ids": clip_ids,
+        "joined_parts": count,
+    }
+    paths.write_text(root / MANIFEST, json.dumps(joined, indent=2) + "\n")
+    return joined

@@ -1,6 +1,6 @@
 """Presentation of an evaluation result: JSON-safe copy, flat scalars, TensorBoard, table.
 
-The result dict is built by :func:`amylm_jax.evaluate.evaluate`; these helpers only read it.
+The result dict is built by :func:`amylm_jax.evaluate.run.evaluate`; these helpers only read it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from amylm_jax.eval_metrics import METRICS
+from amylm_jax.evaluate.metrics import METRICS
+from amylm_jax.metrics import tensorboard_writer
 
 
 def _finite(tree: Any) -> Any:
@@ -42,11 +43,9 @@ def scalars(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def write_tensorboard(logdir: str, result: dict[str, Any]) -> None:
+def write_tensorboard(logdir, result: dict[str, Any]) -> None:
     """Append the result's scalars at the checkpoint step to the run's TensorBoard log."""
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(logdir)
+    writer = tensorboard_writer(logdir)
     try:
         for tag, value in scalars(result).items():
             writer.add_scalar(tag, value, result["step"])

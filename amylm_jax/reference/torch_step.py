@@ -1,4 +1,5 @@
-"""PyTorch baseline of the Amy training step (SPEC §7.3), for benchmarks and the fidelity test.
+"""The original training step re-stated in PyTorch (docs/original.md §7.3), for the
+benchmarks and the fidelity test.
 
 The model is moshi's Mimi with Amy's 33-slot split quantizer (``rvq_first`` = semantic +
 prosody residual, ``rvq_rest`` = 31 acoustic slots of which ``num_codebooks - 2`` run), the
@@ -16,9 +17,8 @@ prosody residual, ``rvq_rest`` = 31 acoustic slots of which ``num_codebooks - 2`
 The SEANet encoder and the encoder transformer are frozen (``requires_grad=False``).
 
 The discriminator, STFT, msspec and the hinge / feature-matching losses are the PyTorch
-reference implementations in ``tests/torch_reference.py`` (written from SPEC §5-§6); this
-file puts the repository's ``tests`` directory on ``sys.path`` to import them, so it runs
-from a plain checkout without installing anything beyond torch and moshi.
+re-statements of :mod:`amylm_jax.reference.torch_losses` (written from docs/original.md
+§5-§6).
 
 :func:`load_jax_state` copies a JAX :class:`~amylm_jax.state.TrainState` (generator,
 codebooks, heads, discriminator) into a :class:`TorchTrainer`; :func:`torch_to_jax` converts
@@ -29,8 +29,6 @@ numpy dicts (parameters, codebook buffers and the Adam moments) for comparisons.
 from __future__ import annotations
 
 import contextlib
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,25 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amylm_jax.config import CodecConfig, TrainConfig
+from amylm_jax.config import LOSS_NAMES, CodecConfig, TrainConfig
 from amylm_jax.export.disc_layout import disc_from_torch, disc_to_torch
 from amylm_jax.export.from_torch import flax_to_torch, torch_to_flax
 from amylm_jax.models.heads import head_from_torch, head_to_torch
-
-_TESTS = str(Path(__file__).resolve().parents[1] / "tests")
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-from mimi_reference import moshi_config  # noqa: E402
-from torch_reference import (  # noqa: E402
+from amylm_jax.reference.mimi import moshi_config
+from amylm_jax.reference.torch_losses import (
     TorchMSSTFTDiscriminator,
     torch_discriminator_loss,
     torch_feature_matching_loss,
     torch_generator_adv_loss,
     torch_msspec_loss,
 )
-
-LOSS_NAMES = ("loss_g", "loss_d", "adv_g", "feat", "wavlm", "llm", "msspec")
 
 
 # ------------------------------------------------------------------------------ the codec
@@ -87,7 +78,8 @@ def build_torch_codec(codec: CodecConfig, device: str = "cpu") -> nn.Module:
     ).to(device)
     model.set_num_codebooks(q.num_codebooks)
     for cb in _codebooks(model).values():
-        # SPEC §3.4 step 4: expired codes are replaced by samples of ``X.detach()``. moshi
+        # docs/original.md §3.4 step 4: expired codes are replaced by samples of ``X.detach()``.
+        # moshi
         # passes the live ``X``, so the in-place write into ``embedding_sum`` records an
         # autograd graph, and the next step's backward (through the LLM branch's decode)
         # runs into the previous step's freed graph.
@@ -131,7 +123,7 @@ def _check_ref_optim(cfg: TrainConfig) -> None:
 
 # ------------------------------------------------------------------------------ the trainer
 class TorchTrainer(nn.Module):
-    """Codec + heads + discriminator + both optimisers; :meth:`train_step` = SPEC §7.3.
+    """Codec + heads + discriminator + both optimisers; :meth:`train_step` = docs/original.md §7.3.
 
     ``precision``: "fp32"; on CUDA also "tf32" (TF32 matmuls / convolutions) and "bf16"
     (autocast to bfloat16 for the forwards; STFT, msspec and losses in float32); "fp64" runs
@@ -225,7 +217,7 @@ class TorchTrainer(nn.Module):
                 [[f(x) for x in fm] for fm in fmaps_fake],
                 [[f(x) for x in fm] for fm in fmaps_real],
             )
-            # LLM latent: codebook 0 decoded with the post-EMA centroids (SPEC §3.9).
+            # LLM latent: codebook 0 decoded with the post-EMA centroids (docs/original.md §3.9).
             sem = self.codec.quantizer.rvq_first.decode(sp.codes[:, :1])
             pred_l = f(self.llm_proj(sem.transpose(1, 2)))
             pred_w = f(self.wavlm_proj(sp.x.transpose(1, 2)))

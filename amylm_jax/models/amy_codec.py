@@ -1,6 +1,6 @@
 """The Amy codec: Kyutai's Mimi with Amy's split (semantic + prosody residual) quantizer.
 
-Data flow of the training forward (SPEC §1, §2.7, channels-last):
+Data flow of the training forward (docs/original.md §1, §2.7, channels-last):
 
 ``audio [B, N]`` -> right-pad to a multiple of 1920 -> SEANet encoder ``[B, T25, 512]`` ->
 encoder transformer -> learnt downsample ``emb [B, T, 512]`` (12.5 Hz) -> ``rvq_first`` and
@@ -28,9 +28,6 @@ from amylm_jax.models.transformer import Transformer
 
 Dtype = Any
 
-#: Top-level submodules that the original trainer freezes (SPEC §2.9).
-FROZEN_ENCODER = ("encoder", "encoder_transformer")
-
 
 @struct.dataclass
 class CodecOutput:
@@ -50,11 +47,10 @@ class CodecOutput:
 
 
 class AmyCodec(nn.Module):
-    """Generator of the Amy codec (SPEC §2-§3)."""
+    """Generator of the Amy codec (docs/original.md §2-§3)."""
 
     config: CodecConfig
     dtype: Dtype = jnp.float32
-    transpose_method: str = "dilated"
     # Rematerialise the trainable decoder side in the backward pass (less activation memory).
     remat: bool = False
 
@@ -67,6 +63,7 @@ class AmyCodec(nn.Module):
             )
         if c.quantizer.input_dimension != c.seanet.dimension:
             raise ValueError("quantizer.input_dimension must equal seanet.dimension")
+        transpose_method = c.resolved_transpose_method()
         self.encoder = SEANetEncoder(c.seanet, dtype=self.dtype)
         self.encoder_transformer = Transformer(c.transformer, dtype=self.dtype)
         self.downsample = ConvDownsample1d(c.resample_stride, c.seanet.dimension, dtype=self.dtype)
@@ -75,16 +72,14 @@ class AmyCodec(nn.Module):
             c.resample_stride,
             c.seanet.dimension,
             depthwise=c.upsample_depthwise,
-            method=self.transpose_method,
+            method=transpose_method,
             dtype=self.dtype,
         )
         transformer_cls, decoder_cls = Transformer, SEANetDecoder
         if self.remat:
             transformer_cls, decoder_cls = nn.remat(Transformer), nn.remat(SEANetDecoder)
         self.decoder_transformer = transformer_cls(c.transformer, dtype=self.dtype)
-        self.decoder = decoder_cls(
-            c.seanet, dtype=self.dtype, transpose_method=self.transpose_method
-        )
+        self.decoder = decoder_cls(c.seanet, dtype=self.dtype, transpose_method=transpose_method)
 
     # ----------------------------------------------------------------------------- encoder side
     def encode_frames25(self, audio_BxN: jax.Array) -> jax.Array:
@@ -116,8 +111,13 @@ class AmyCodec(nn.Module):
         return self.decode_latent(self.quantizer.decode(codes_BxKxT))
 
     def decode_semantic(self, codes_BxKxT: jax.Array) -> jax.Array:
-        """LLM-distillation latent ``rvq_first.decode(codes[:, :1])`` ``[B, T, C]`` (SPEC §3.9)."""
+        """LLM-distillation latent ``rvq_first.decode(codes[:, :1])`` ``[B, T, C]``
+        (docs/original.md §3.9)."""
         return self.quantizer.decode_semantic(codes_BxKxT)
+
+    def project_semantic(self, vectors_BxTxD: jax.Array) -> jax.Array:
+        """``rvq_first``'s output projection of codebook-0 vectors ``[B, T, C]``."""
+        return self.quantizer.project_semantic(vectors_BxTxD)
 
     def semantic_ste(self, emb_BxTxC: jax.Array, codes_BxKxT: jax.Array) -> jax.Array:
         """Codebook-0 straight-through latent (see ``SplitResidualVQ.semantic_ste``)."""

@@ -14,7 +14,7 @@ variant's bitrate; per codebook the usage and normalised entropy of the evaluate
 EMA usage of the checkpoint's codebook state (``val/codebook/usage_g`` of training). With
 ``--asr_model`` (a local transformers ASR model, nothing is downloaded) the corpus WER of each
 variant (and of the original audio, the ASR's own floor) against the store transcripts is
-added. Definitions: :mod:`amylm_jax.eval_metrics`.
+added. Definitions: :mod:`amylm_jax.evaluate.metrics`.
 
 Results go to ``--out`` (default ``WORKDIR/eval/step_<N>.json``), to TensorBoard under
 ``WORKDIR/tensorboard`` as ``eval/<variant>/<metric>`` at the checkpoint's step, and to stdout
@@ -23,23 +23,31 @@ as a table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from absl import flags
 
-from amylm_jax import eval_metrics as em
-from amylm_jax.eval_metrics import METRICS
-from amylm_jax.eval_output import _finite, format_table, write_tensorboard
+from amylm_jax import cli, paths
+from amylm_jax.checkpoint import Checkpointer, CheckpointError, resolve_step, restore_run_state
+from amylm_jax.data.audio import int16_to_float, resample
+from amylm_jax.data.demo import resolve_store
+from amylm_jax.data.pipeline import split_clips
+from amylm_jax.data.store import open_store
+from amylm_jax.evaluate import metrics as em
+from amylm_jax.evaluate.metrics import METRICS
+from amylm_jax.evaluate.output import _finite, format_table, write_tensorboard
+from amylm_jax.metrics import codebook_usage
+from amylm_jax.models.amy_codec import AmyCodec
 
 log = logging.getLogger("amylm_jax.evaluate")
 
@@ -74,9 +82,7 @@ def decode_variants(num_codebooks: int) -> list[Variant]:
 
 # ------------------------------------------------------------------------------- loading
 def _checkpoint_step(workdir: str, step: int | None) -> int:
-    from amylm_jax.checkpoint import CheckpointError, resolve_step
-
-    if not os.path.isdir(workdir):
+    if not paths.as_path(workdir).is_dir():
         raise EvaluationError(f"--workdir={workdir}: no such directory")
     try:
         return resolve_step(workdir, step)
@@ -85,9 +91,6 @@ def _checkpoint_step(workdir: str, step: int | None) -> int:
 
 
 def _validation_clips(data_cfg, store_arg: str | None, max_clips: int | None):
-    from amylm_jax.data.pipeline import split_clips
-    from amylm_jax.data.store import open_store, resolve_store
-
     name = store_arg or data_cfg.store
     try:
         store = open_store(resolve_store(name))
@@ -118,10 +121,6 @@ def _codec_fns(codec_cfg) -> tuple[Callable, Callable]:
 
     Cached so repeated evaluations of one architecture reuse the compiled bucket shapes.
     """
-    import jax
-
-    from amylm_jax.models.codec import AmyCodec
-
     model = AmyCodec(codec_cfg)
     enc = jax.jit(lambda v, x: model.apply(v, x, method=AmyCodec.encode))
     dec = jax.jit(lambda v, c: model.apply(v, c, method=AmyCodec.decode))
@@ -168,14 +167,8 @@ def evaluate(
     ``transcriber`` enables WER (see :data:`Transcriber`); it is called once per clip with
     ``[original, *decoded variants]``. ``asr_name`` labels it in the result.
     """
-    import jax
-
-    from amylm_jax.checkpoint import Checkpointer
-    from amylm_jax.data.audio import int16_to_float
-    from amylm_jax.train import codebook_usage, restore_run_state
-
     t0 = time.perf_counter()
-    workdir = os.path.abspath(workdir)
+    workdir = os.fspath(paths.as_path(workdir))
     if bucket_frames < 1:
         raise EvaluationError(f"bucket_frames must be >= 1, got {bucket_frames}")
     step = _checkpoint_step(workdir, step)
@@ -297,13 +290,15 @@ def evaluate(
     result["wall_seconds"] = time.perf_counter() - t0
     result = _finite(result)
 
-    out = out or os.path.join(workdir, "eval", f"step_{step}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    out = (
+        os.fspath(paths.as_path(out))
+        if out
+        else os.fspath(paths.join(workdir, "eval", f"step_{step}.json"))
+    )
+    paths.write_text(out, json.dumps(result, indent=1))
     result["out"] = out
     if tensorboard:
-        write_tensorboard(os.path.join(workdir, "tensorboard"), result)
+        write_tensorboard(paths.join(workdir, "tensorboard"), result)
     return result
 
 
@@ -315,9 +310,7 @@ def hf_transcriber(model_path: str, batch_size: int = 4) -> Transcriber:
             f"--asr_model={model_path}: no such local path (a directory saved with "
             "save_pretrained; nothing is downloaded)"
         )
-    from transformers import pipeline
-
-    from amylm_jax.data.audio import resample
+    from transformers import pipeline  # heavy (torch): only when an ASR model is given
 
     pipe = pipeline("automatic-speech-recognition", model=model_path, device="cpu")
     rate = int(getattr(pipe.feature_extractor, "sampling_rate", 16000))
@@ -336,45 +329,44 @@ def hf_transcriber(model_path: str, batch_size: int = 4) -> Transcriber:
 
 
 # ------------------------------------------------------------------------------- entry point
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m amylm_jax.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--workdir", required=True, help="training run directory")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-    p.add_argument("--store", default=None, help="feature store PATH or demo (default: run's)")
-    p.add_argument("--max_clips", type=int, default=None, help="first N validation clips only")
-    p.add_argument("--asr_model", default=None, help="local transformers ASR model (for WER)")
-    p.add_argument("--out", default=None, help="result JSON (default WORKDIR/eval/step_N.json)")
-    p.add_argument(
-        "--bucket_frames", type=int, default=8, help="pad clips to multiples of N frames"
-    )
-    p.add_argument("--no_tensorboard", action="store_true", help="skip the TensorBoard scalars")
-    return p
+FLAGS = cli.new_flags()
+flags.DEFINE_string("workdir", None, "Training run directory (local or URL).", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.DEFINE_string(
+    "store", None, "Feature store PATH or demo (default: the run's).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_clips", None, "Evaluate the first N validation clips only.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "asr_model", None, "Local transformers ASR model (enables WER).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "out", None, "Result JSON (default: WORKDIR/eval/step_N.json).", flag_values=FLAGS
+)
+flags.DEFINE_integer("bucket_frames", 8, "Pad clips to multiples of N frames.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "tensorboard", True, "Write the scalars to WORKDIR/tensorboard.", flag_values=FLAGS
+)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax read-only chatter
-    try:
-        transcriber = hf_transcriber(args.asr_model) if args.asr_model else None
-        result = evaluate(
-            args.workdir,
-            step=args.step,
-            store=args.store,
-            max_clips=args.max_clips,
-            transcriber=transcriber,
-            asr_name=args.asr_model,
-            out=args.out,
-            tensorboard=not args.no_tensorboard,
-            bucket_frames=args.bucket_frames,
-        )
-    except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _main(args: list[str]) -> int:
+    if args:
+        raise cli.UsageError(f"unexpected arguments {args}; see --help")
+    if not FLAGS.workdir:
+        raise cli.UsageError("--workdir is required")
+    transcriber = hf_transcriber(FLAGS.asr_model) if FLAGS.asr_model else None
+    result = evaluate(
+        FLAGS.workdir,
+        step=FLAGS.step,
+        store=FLAGS.store,
+        max_clips=FLAGS.max_clips,
+        transcriber=transcriber,
+        asr_name=FLAGS.asr_model,
+        out=FLAGS.out,
+        tensorboard=FLAGS.tensorboard,
+        bucket_frames=FLAGS.bucket_frames,
+    )
     print(format_table(result))
     if "skipped" in result["wer"]:
         print(f"WER skipped: {result['wer']['skipped']}")
@@ -382,5 +374,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the tool on ``argv`` (without the program name); returns the exit status."""
+    return cli.run(_main, FLAGS, "amylm_jax.evaluate", __doc__, argv)

@@ -1,29 +1,27 @@
 """Plots of a training run's quick-reference metrics with their status bands shaded.
 
-Used by ``python -m amylm_jax.report --plots``; matplotlib is imported only when plotting.
+Used by ``python -m amylm_jax.report --plots`` (a local folder or a URL); matplotlib, an
+optional dependency, is imported only when plotting.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from amylm_jax.report_rules import CRITICAL, GOOD, RULES, WARNING
-
-if TYPE_CHECKING:
-    from amylm_jax.report import RunLog
+from amylm_jax import paths
+from amylm_jax.report.rules import CRITICAL, GOOD, RULES, WARNING
+from amylm_jax.report.runlog import RunLog
 
 _BAND_COLOURS = {GOOD: "#2ca02c", WARNING: "#ff7f0e", CRITICAL: "#d62728"}
 
 
-def write_plots(log: RunLog, out_dir: str | Path) -> list[Path]:
+def write_plots(log: RunLog, out_dir: paths.PathLike) -> list[Any]:
     """One PNG per quick-reference metric (steps left, epochs right), status bands shaded."""
     from matplotlib.figure import Figure  # optional dependency, only needed for plots
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # optional dependency, only needed for plots
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = paths.as_path(out_dir)
     written = []
     for name, rule in RULES.items():
         series = {"step": log.steps.get(name, []), "epoch": log.epochs.get(name, [])}
@@ -51,6 +49,6 @@ def write_plots(log: RunLog, out_dir: str | Path) -> list[Path]:
             ax.set_title(f"train/{name.removesuffix('_epoch')}_{axis}")
         fig.tight_layout()
         path = out / f"{name}.png"
-        fig.savefig(path, format="png")
+        paths.save_figure(fig, path)
         written.append(path)
     return written

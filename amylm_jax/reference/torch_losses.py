@@ -1,4 +1,5 @@
-"""PyTorch reference implementations of the discriminator and losses (written from SPEC §5, §6).
+"""PyTorch reference implementations of the discriminator and losses (written from docs/original.md
+§5, §6).
 
 Used by the parity tests and by the PyTorch baseline benchmark. Layouts are PyTorch's
 (audio ``[B, 1, N]``, images ``[B, C, H=frames, W=bins]``). No torchaudio: the STFT is
@@ -62,7 +63,8 @@ def _pad2d(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple
 
 
 class TorchDiscriminatorSTFT(nn.Module):
-    """One STFT sub-discriminator (SPEC §5.1): returns ``(logits [B,1,M,F'], fmaps[5])``."""
+    """One STFT sub-discriminator (docs/original.md §5.1): returns ``(logits [B,1,M,F'],
+    fmaps[5])``."""
 
     def __init__(
         self,
@@ -112,7 +114,7 @@ class TorchDiscriminatorSTFT(nn.Module):
 
 
 class TorchMSSTFTDiscriminator(nn.Module):
-    """Multi-scale STFT discriminator (SPEC §5.2); audio ``[B, 1, N]``."""
+    """Multi-scale STFT discriminator (docs/original.md §5.2); audio ``[B, 1, N]``."""
 
     def __init__(
         self,
@@ -201,7 +203,8 @@ def torch_msspec_loss(
     alphas: bool = False,
     floor: float = 1e-5,
 ) -> torch.Tensor:
-    """audiocraft ``MultiScaleMelSpectrogramLoss`` (SPEC §6.1); ``x``, ``y`` ``[B, 1, N]``."""
+    """audiocraft ``MultiScaleMelSpectrogramLoss`` (docs/original.md §6.1); ``x``, ``y`` ``[B, 1,
+    N]``."""
     loss = x.new_zeros(())
     total = 0.0
     for i in range(range_start, range_end):

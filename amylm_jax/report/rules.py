@@ -1,6 +1,6 @@
-"""The loss cheat sheet as data: status bands, diagnoses and the live epoch check.
+"""The metric guide (docs/metrics.md) as data: status bands, diagnoses and the live epoch check.
 
-The quick-reference table of the loss cheat sheet (the public contract for the
+The quick-reference table of the metric guide (the public contract for the
 ``train/<name>_epoch`` metrics) is encoded once, in :data:`RULES`, so the report, the plots and
 the trainer's live check all read the same thresholds.
 
@@ -9,7 +9,7 @@ Boundary convention (the table's inequalities taken literally): ``< a`` and ``> 
 ``adv_g = 0.5`` or ``loss_d = 1.5``) takes the *less severe* status. So ``llm = 0.1`` is a
 warning (``good`` is ``< 0.1``), ``llm = 0.3`` is a warning (``critical`` is ``> 0.3``),
 ``adv_g = 0.5`` and ``loss_d = 2.0`` are good. Two cases the table leaves open are decided
-here: ``adv_g < 0.1`` is a warning ("discriminator may be weak", from the cheat sheet's
+here: ``adv_g < 0.1`` is a warning ("discriminator may be weak", from the metric guide's
 adv_g notes) and ``loss_g < 1.0`` is good (every weighted term is small). A non-finite value
 is critical.
 """
@@ -20,12 +20,14 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
+from amylm_jax.config import default_loss_weights
+
 GOOD, WARNING, CRITICAL = "good", "warning", "critical"
 SEVERITY = {GOOD: 0, WARNING: 1, CRITICAL: 2}
 INF = math.inf
 FLAT_TOLERANCE = 0.02  # relative change over the trend window below which a trend is flat
 # REF loss weights: loss_g = 1 adv_g + 4 feat + 15 msspec + 1 wavlm + 1 llm.
-DEFAULT_ALPHAS = {"adv": 1.0, "feat": 4.0, "msspec": 15.0, "wavlm": 1.0, "llm": 1.0}
+DEFAULT_ALPHAS = default_loss_weights()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Band:
 
     @property
     def label(self) -> str:
-        """The band as the cheat sheet writes it (``< 0.1``, ``0.1 - 0.3``, ``> 0.3``)."""
+        """The band as the metric guide writes it (``< 0.1``, ``0.1 - 0.3``, ``> 0.3``)."""
         if self.lo == -INF:
             return f"< {_num(self.hi)}"
         if self.hi == INF:
@@ -150,7 +152,7 @@ def match_band(name: str, value: float) -> Band | None:
     """The least severe band of metric ``name`` containing ``value`` (None if non-finite)."""
     key = canonical_name(name)
     if key not in RULES:
-        raise KeyError(f"{name!r} is not a metric of the cheat sheet table: {sorted(RULES)}")
+        raise KeyError(f"{name!r} is not a metric of the metric guide table: {sorted(RULES)}")
     if not math.isfinite(value):
         return None
     hits = [band for band in RULES[key].bands if band.contains(value)]
@@ -158,7 +160,7 @@ def match_band(name: str, value: float) -> Band | None:
 
 
 def classify(name: str, value: float) -> str:
-    """Status ``good`` / ``warning`` / ``critical`` of one cheat-sheet metric value.
+    """Status ``good`` / ``warning`` / ``critical`` of one metric-guide metric value.
 
     ``name`` may carry the ``train/`` prefix and a ``_step``/``_epoch`` suffix; a step value is
     judged by the epoch thresholds. Raises ``KeyError`` for a metric outside the table.
@@ -169,7 +171,7 @@ def classify(name: str, value: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
-    """One issue found in a run, with the cheat sheet's cause and config-level fixes."""
+    """One issue found in a run, with the metric guide's cause and config-level fixes."""
 
     metric: str
     severity: str
@@ -213,7 +215,7 @@ _FEAT_FIXES = (
 
 
 def metric_diagnosis(name: str, value: float, status: str, phase: str) -> Diagnosis | None:
-    """Cheat-sheet diagnosis for one metric that is not ``good`` (None when it is)."""
+    """metric-guide diagnosis for one metric that is not ``good`` (None when it is)."""
     if status == GOOD:
         return None
     key = canonical_name(name)
@@ -293,7 +295,8 @@ def metric_diagnosis(name: str, value: float, status: str, phase: str) -> Diagno
 
 
 def trend_diagnosis(name: str, direction: str) -> Diagnosis | None:
-    """Diagnosis driven by a trend rather than a value (the cheat sheet's 'LLM loss increasing')."""
+    """Diagnosis driven by a trend rather than a value (the metric guide's 'LLM loss
+    increasing')."""
     if canonical_name(name) == "llm_epoch" and direction == "worsening":
         return Diagnosis(
             "llm_epoch",
@@ -308,7 +311,7 @@ def trend_diagnosis(name: str, direction: str) -> Diagnosis | None:
 def discriminator_balance(name: str, accuracy: float) -> Diagnosis | None:
     """Monitoring tip: real and fake discriminator accuracy should both be about 50-70 %.
 
-    Accepts a fraction (SPEC's ``train/d_real_acc``) or, above 1, a percentage.
+    Accepts a fraction (the ``train/d_real_acc``) or, above 1, a percentage.
     """
     frac = accuracy / 100.0 if accuracy > 1.0 else accuracy
     if 0.5 <= frac <= 0.7:
@@ -367,11 +370,11 @@ AUDIO_TIP = Diagnosis(
 
 
 def check_epoch(epoch_metrics: Mapping[str, float]) -> list[str]:
-    """Warning lines for every cheat-sheet epoch metric in ``critical``, for the trainer's log.
+    """Warning lines for every metric-guide epoch metric in ``critical``, for the trainer's log.
 
     Keys may carry the ``train/`` prefix; keys outside the quick-reference table (learning
     rates, codebook entropy, ...) are ignored. Each line names the value, the band and the
-    config keys of the cheat sheet's fix.
+    config keys of the metric guide's fix.
     """
     lines = []
     for name, raw in epoch_metrics.items():
