@@ -281,10 +281,31 @@ class OptimConfig:
     lr_heads: float | None = None
     heads_b1: float | None = None
     heads_b2: float | None = None
+    # Learning-rate schedule of every group (generator, quantizer, heads, discriminator), after
+    # a linear warm-up of ``warmup_steps`` ((step + 1) / warmup, like the quantizer's):
+    # "constant" (the original), "cosine" (to ``final_lr_ratio`` x the rate over
+    # ``decay_steps``, then flat) or "exponential" (x ``decay_rate`` every ``decay_steps``, as
+    # DAC trains). See docs/recipes.md.
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int = 0
+    decay_rate: float = 1.0
+    final_lr_ratio: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optim.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine", "exponential"):
+            raise ValueError(
+                f"optim.schedule must be 'constant', 'cosine' or 'exponential', "
+                f"got {self.schedule!r}"
+            )
+        if self.schedule != "constant" and self.decay_steps <= 0:
+            raise ValueError(f"optim.schedule={self.schedule!r} needs optim.decay_steps > 0")
+        if self.warmup_steps < 0 or not 0.0 <= self.final_lr_ratio <= 1.0:
+            raise ValueError("optim.warmup_steps must be >= 0 and final_lr_ratio in [0, 1]")
+        if self.decay_rate <= 0:
+            raise ValueError(f"optim.decay_rate must be > 0, got {self.decay_rate}")
 
 
 def tiny_codec_config(**overrides: Any) -> CodecConfig:

@@ -83,14 +83,45 @@ def _adam(cfg: TrainConfig, lr, b1: float, b2: float) -> optax.GradientTransform
     return optax.adam(lr, b1=b1, b2=b2, eps=o.eps)
 
 
+def lr_schedule(cfg: TrainConfig, base: float) -> optax.Schedule:
+    """``base`` x the config's warm-up and decay (``optim.schedule``) at update ``count``."""
+    o = cfg.optim
+    if o.schedule == "constant" and o.warmup_steps <= 0:
+        return optax.constant_schedule(base)
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = jnp.minimum((count + 1) / o.warmup_steps, 1.0) if o.warmup_steps > 0 else 1.0
+        after = jnp.maximum(count - o.warmup_steps, 0.0)
+        if o.schedule == "cosine":
+            t = jnp.minimum(after / o.decay_steps, 1.0)
+            decay = o.final_lr_ratio + (1 - o.final_lr_ratio) * 0.5 * (1 + jnp.cos(jnp.pi * t))
+        elif o.schedule == "exponential":
+            decay = o.decay_rate ** (after / o.decay_steps)
+        else:
+            decay = 1.0
+        return base * warm * decay
+
+    return schedule
+
+
+def _group_lr(cfg: TrainConfig, base: float) -> float | optax.Schedule:
+    """A plain float when nothing is scheduled, so the optimizer state keeps the layout that
+    runs without a schedule have always had (their checkpoints stay loadable)."""
+    if cfg.optim.schedule == "constant" and cfg.optim.warmup_steps <= 0:
+        return base
+    return lr_schedule(cfg, base)
+
+
 def rvq_learning_rate(cfg: TrainConfig) -> optax.Schedule:
-    """Quantizer-projection learning rate with the optional linear warm-up of docs/original.md
-    §10.3."""
+    """Quantizer-projection learning rate: the group schedule times the optional linear warm-up
+    of docs/original.md §10.3."""
     base = cfg.optim.lr_rvq if cfg.optim.lr_rvq is not None else cfg.optim.lr_g
     warmup = cfg.optim.rvq_warmup_steps
+    schedule = lr_schedule(cfg, base)
     if warmup <= 0:
-        return optax.constant_schedule(base)
-    return lambda count: base * jnp.minimum((count + 1) / warmup, 1.0)
+        return schedule
+    return lambda count: schedule(count) * jnp.minimum((count + 1) / warmup, 1.0)
 
 
 def make_optimizers(cfg: TrainConfig) -> tuple[optax.GradientTransformation, ...]:
@@ -101,16 +132,14 @@ def make_optimizers(cfg: TrainConfig) -> tuple[optax.GradientTransformation, ...
     heads_b2 = o.heads_b2 if o.heads_b2 is not None else o.b2
     groups = {
         "frozen": optax.set_to_zero(),
-        "main": _adam(cfg, o.lr_g, o.b1, o.b2),
+        "main": _adam(cfg, _group_lr(cfg, o.lr_g), o.b1, o.b2),
         "rvq": _adam(cfg, rvq_learning_rate(cfg), o.b1, o.b2),
-        "heads": _adam(cfg, lr_heads, heads_b1, heads_b2),
+        "heads": _adam(cfg, _group_lr(cfg, lr_heads), heads_b1, heads_b2),
     }
     tx_g = optax.multi_transform(groups, lambda p: generator_labels(p, cfg))
     if o.clip_g > 0:
         tx_g = optax.chain(optax.clip_by_global_norm(o.clip_g), tx_g)
-    tx_d = optax.adam(o.lr_d, b1=o.b1, b2=o.b2, eps=o.eps)
-    if o.optimizer == "adamw":
-        tx_d = optax.adamw(o.lr_d, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    tx_d = _adam(cfg, _group_lr(cfg, o.lr_d), o.b1, o.b2)
     if o.clip_d > 0:
         tx_d = optax.chain(optax.clip_by_global_norm(o.clip_d), tx_d)
     return tx_g, tx_d

@@ -33,7 +33,7 @@ from amylm_jax.losses import adversarial as adv_losses
 from amylm_jax.losses.distill import distill_loss, layer_norm
 from amylm_jax.losses.spectral import MelLossConfig, msspec_loss
 from amylm_jax.models.amy_codec import AmyCodec
-from amylm_jax.state import Models, TrainState, rvq_learning_rate
+from amylm_jax.state import Models, TrainState, lr_schedule, rvq_learning_rate
 
 sg = jax.lax.stop_gradient
 Batch = dict[str, jax.Array]
@@ -399,8 +399,8 @@ def _metrics(
         "train/grad_norm_d": optax.global_norm(disc.grads)
         if disc.grads is not None
         else jnp.zeros(()),
-        "train/lr_g": jnp.asarray(cfg.optim.lr_g, jnp.float32),
-        "train/lr_d": jnp.asarray(cfg.optim.lr_d, jnp.float32),
+        "train/lr_g": jnp.asarray(lr_schedule(cfg, cfg.optim.lr_g)(state.step), jnp.float32),
+        "train/lr_d": jnp.asarray(lr_schedule(cfg, cfg.optim.lr_d)(state.step), jnp.float32),
         "train/lr_rvq": jnp.asarray(rvq_learning_rate(cfg)(state.step), jnp.float32),
         "train/nonfinite": 1.0 - ok.astype(jnp.float32),
     }

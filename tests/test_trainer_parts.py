@@ -148,3 +148,51 @@ def test_epoch_means_never_share_a_name_with_step_values():
     assert set(epoch_record(values)) == {
         "train/loss_g_epoch", "train/codebook/usage_0_epoch", "val/msspec"
     }  # fmt: skip
+
+
+def _optim(**kw) -> TrainConfig:
+    return TrainConfig(optim=OptimConfig(**kw))
+
+
+def test_learning_rate_schedules_by_hand():
+    import math
+
+    from amylm_jax.state import lr_schedule
+
+    # Constant (the original) with and without a warm-up: (step + 1) / warmup, then flat.
+    assert float(lr_schedule(_optim(), 3e-4)(123)) == pytest.approx(3e-4)
+    warm = lr_schedule(_optim(warmup_steps=4), 1.0)
+    assert [float(warm(s)) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])
+    # Cosine to 10 % over 10 steps after 2 warm-up steps, then flat.
+    cos = lr_schedule(
+        _optim(schedule="cosine", warmup_steps=2, decay_steps=10, final_lr_ratio=0.1), 2.0
+    )
+    for step in (2, 5, 12, 40):
+        t = min((step - 2) / 10, 1.0)
+        assert float(cos(step)) == pytest.approx(
+            2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+        )
+    assert float(cos(0)) == pytest.approx(1.0)  # warm-up: (0 + 1) / 2 of the rate
+    # Exponential, DAC style: x 0.5 every 100 steps.
+    exp = lr_schedule(_optim(schedule="exponential", decay_steps=100, decay_rate=0.5), 1.0)
+    assert [float(exp(s)) for s in (0, 100, 250)] == pytest.approx([1.0, 0.5, 0.5**2.5])
+    with pytest.raises(ValueError, match="decay_steps"):
+        OptimConfig(schedule="cosine")
+    with pytest.raises(ValueError, match="schedule"):
+        OptimConfig(schedule="linear")
+
+
+def test_schedules_drive_the_optimizers_and_leave_the_default_state_alone():
+    """Adam's first update is about lr(0) x sign(g): the discriminator's (any tree) shows the
+    warm-up. Without a schedule the optimizer state has the layout it always had."""
+    params = {"w": jnp.ones((3,))}
+    grads = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    for cfg, lr0 in ((_optim(), 3e-4), (_optim(warmup_steps=10), 3e-5)):
+        _, tx_d = make_optimizers(cfg)
+        updates, _ = tx_d.update(grads, tx_d.init(params), params)
+        np.testing.assert_allclose(np.abs(updates["w"]), lr0, rtol=1e-4)
+    plain = jax.tree_util.tree_structure(make_optimizers(_optim())[1].init(params))
+    scheduled = jax.tree_util.tree_structure(
+        make_optimizers(_optim(warmup_steps=10))[1].init(params)
+    )
+    assert plain != scheduled  # a schedule adds its step count; the default does not
