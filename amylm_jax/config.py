@@ -394,7 +394,9 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     init: InitConfig = InitConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    # Top-level codec submodules that get no gradient update (docs/original.md §2.9).
+    # Codec parts that get no gradient update (docs/original.md §2.9): top-level submodules
+    # ("decoder") or paths below them ("quantizer/rvq_rest" freezes the acoustic quantizer's
+    # projections while rvq_first trains).
     frozen: tuple[str, ...] = FROZEN_ENCODER
     # §10.3 "semantic_prosody_only": rvq_rest codebooks in eval mode (no EMA / expiry).
     train_rest_codebooks: bool = True

@@ -67,7 +67,8 @@ def generator_labels(gen_params: PyTree, cfg: TrainConfig) -> PyTree:
         if top in ("wavlm_head", "llm_head"):
             return "heads"
         sub = path[1].key
-        if sub in cfg.frozen:
+        keys = [p.key for p in path[1:]]
+        if any("/".join(keys[:n]) in cfg.frozen for n in range(1, len(keys) + 1)):
             return "frozen"
         if sub == "quantizer":
             return "rvq"

@@ -43,9 +43,21 @@ MEL_CONFIG = MelLossConfig()
 
 
 def _codec_params(models: Models, gen_params: Any) -> Any:
-    """Codec parameters with the frozen submodules cut from the gradient."""
+    """Codec parameters with the frozen submodules cut from the gradient.
+
+    ``cfg.frozen`` names top-level codec submodules (``"decoder"``) or paths below them
+    (``"quantizer/rvq_rest"``: the acoustic quantizer's projections apart from ``rvq_first``).
+    """
+
+    def cut(tree: Any, prefix: str) -> Any:
+        if prefix in frozen:
+            return sg(tree)
+        if isinstance(tree, dict) and any(f.startswith(prefix + "/") for f in frozen):
+            return {k: cut(v, f"{prefix}/{k}") for k, v in tree.items()}
+        return tree
+
     frozen = set(models.cfg.frozen)
-    return {k: sg(v) if k in frozen else v for k, v in gen_params["codec"].items()}
+    return {k: cut(v, k) for k, v in gen_params["codec"].items()}
 
 
 def generator_forward(

@@ -196,3 +196,37 @@ def test_schedules_drive_the_optimizers_and_leave_the_default_state_alone():
         make_optimizers(_optim(warmup_steps=10))[1].init(params)
     )
     assert plain != scheduled  # a schedule adds its step count; the default does not
+
+
+def test_rvq_rest_projections_freeze_apart_from_rvq_first():
+    """``frozen`` takes paths below a submodule: ``quantizer/rvq_rest`` gets no update and no
+    gradient, while ``rvq_first`` keeps training."""
+    from types import SimpleNamespace
+
+    from amylm_jax.config import FROZEN_ENCODER
+    from amylm_jax.steps import _codec_params
+
+    cfg = TrainConfig(frozen=(*FROZEN_ENCODER, "quantizer/rvq_rest"))
+    tree = _gen_tree()
+    tree["codec"]["quantizer"]["rvq_rest"] = {"input_proj": {"kernel": jnp.ones((2, 2))}}
+    labels = generator_labels(tree, cfg)
+    assert labels["codec"]["quantizer"]["rvq_rest"]["input_proj"]["kernel"] == "frozen"
+    assert labels["codec"]["quantizer"]["rvq_first"]["input_proj"]["kernel"] == "rvq"
+    tx_g, _ = make_optimizers(cfg)
+    grads = jax.tree_util.tree_map(lambda x: 0.1 * x, tree)
+    updates, _ = tx_g.update(grads, tx_g.init(tree), tree)
+    assert (
+        float(jnp.abs(updates["codec"]["quantizer"]["rvq_rest"]["input_proj"]["kernel"]).max()) == 0
+    )
+    assert (
+        float(jnp.abs(updates["codec"]["quantizer"]["rvq_first"]["input_proj"]["kernel"]).max()) > 0
+    )
+    models = SimpleNamespace(cfg=cfg)
+    grad = jax.grad(
+        lambda gp: sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(_codec_params(models, gp)))
+    )(tree)
+    assert float(jnp.abs(grad["codec"]["quantizer"]["rvq_rest"]["input_proj"]["kernel"]).max()) == 0
+    assert (
+        float(jnp.abs(grad["codec"]["quantizer"]["rvq_first"]["input_proj"]["kernel"]).min()) == 1
+    )
+    assert float(jnp.abs(grad["codec"]["encoder"]["model_0"]["kernel"]).max()) == 0
