@@ -224,7 +224,9 @@ def _part_name(index: int) -> str:
 
 
 def _part_index(path: Any) -> int:
-    return int(path.name.removeprefix("part-").removesuffix(".jsonl"))
+    """The number of a part file, from its path or its name (``part-00012.jsonl`` -> 12)."""
+    name = path if isinstance(path, str) else path.name
+    return int(name.removeprefix("part-").removesuffix(".jsonl"))
 
 
 def _part_files(root: Any) -> list[Any]:
@@ -234,7 +236,7 @@ def _part_files(root: Any) -> list[Any]:
         root / PARTS_DIR / n
         for n in sorted(
             (n for n in names if n.startswith("part-") and n.endswith(".jsonl")),
-            key=lambda n: int(n.removeprefix("part-").removesuffix(".jsonl")),
+            key=_part_index,
         )
     ]
 

@@ -150,15 +150,6 @@ def read_range(path: PathLike, start: int, end: int) -> bytes:
         return f.read(end - start)
 
 
-def forget_listings(path: PathLike) -> None:
-    """Drop cached folder listings under a URL (gcsfs caches them per process), so the next
-    listing sees objects written by other processes. No-op for local paths."""
-    if not is_url(path):
-        return
-    fs, key = _fs(path)
-    fs.invalidate_cache(key)
-
-
 def upload(local: PathLike, target: PathLike) -> epath.Path:
     """Copy a local file to ``target`` (a URL: one streamed upload; local: copy + rename)."""
     t = as_path(target)
