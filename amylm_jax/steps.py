@@ -82,7 +82,7 @@ def generator_forward(
         train_rest=cfg.train_rest_codebooks,
         frames25=frames25,
         mutable=["codebooks"],
-        rngs={"quantizer": key},
+        rng=key,
     )
     new_codebooks = updated["codebooks"]
     wavlm, llm = distill_losses(models, gen_params, cp, codebooks, new_codebooks, out, batch)
@@ -225,7 +225,8 @@ def _disc_apply(models: Models, disc_params: Any, audio: jax.Array) -> tuple[Any
     return models.disc.apply({"params": disc_params}, audio)
 
 
-def _step_key(state: TrainState) -> jax.Array:
+def step_key(state: TrainState) -> jax.Array:
+    """The quantizer's key for the step ``state`` is about to take (k-means, dead codes)."""
     return jax.random.fold_in(state.rng, state.step)
 
 
@@ -252,7 +253,7 @@ def generator_update(
 def _shared_generator_grads(models: Models, state: TrainState, batch: Batch):
     lc = models.cfg.loss
     real = batch["audio"]
-    key = _step_key(state)
+    key = step_key(state)
 
     def gen_fn(gen_params):
         fake, (wavlm, llm, new_cb, qm) = generator_forward(
@@ -290,7 +291,7 @@ def _shared_generator_grads(models: Models, state: TrainState, batch: Batch):
 def _separate_generator_grads(models: Models, state: TrainState, batch: Batch):
     lc = models.cfg.loss
     real = batch["audio"]
-    key = _step_key(state)
+    key = step_key(state)
     frozen_disc = sg(state.disc_params)
 
     def g_loss(gen_params):

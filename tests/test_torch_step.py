@@ -6,8 +6,8 @@ phase (msspec off, ``configs/adversarial.py``) and the original order of discrim
 (``shared_disc_forward=False``). Configuration: the tiny codec of ``tiny_codec_config`` (real frame
 arithmetic, 33 -> 6 slots, 4 active codebooks) with the FULL-SIZE MS-STFT discriminator
 (32 filters, all five scales), batch 2 of 0.32 s (7680 samples, 4 frames), WavLM/LLM
-teacher dims 64/96. The full-size codec step does not fit this test's CPU budget; the
-throughput benchmark runs the full-size PyTorch step from JAX weights.
+teacher dims 64/96. ``test_torch_many_steps`` follows both sides for 20 steps from empty
+codebooks (k-means, dead-code replacement), with the full-size codec for the adaptation phase.
 
 The reference is the PyTorch step in float64 (``precision="fp64"``, same code): it tells
 which side's float32 rounding a difference comes from. Measured on this step: the JAX
@@ -21,12 +21,13 @@ Tolerances:
 * losses: 1e-4 relative (measured ~1e-7);
 * codebook EMA buffers: 1e-5 relative to each buffer's largest value (measured ~1e-7);
 * gradients, read from Adam's first moment (``mu = (1 - b1) * clipped grad`` on both
-  sides): ``1e-4 * max|tensor|`` per element, plus ``1e-6 * max|group|`` for the
-  discriminator only. The second term exists for gradients that are residues of
-  cancellation (the post-conv weight-norm gain sums real and fake hinge terms of opposite
-  sign): a float32 reduction's error scales with the summed
-  terms, not with the result (measured need: 3.2e-7 * max|group|, the first
-  discriminator's post-conv gain; the generator needs none);
+  sides): ``1e-4 * max|tensor|`` per element, plus ``1e-6 * max|group|`` (discriminator) or
+  ``1e-8 * max|group|`` (generator). The second term exists for gradients that are residues
+  of cancellation (the post-conv weight-norm gain sums real and fake hinge terms of opposite
+  sign): a float32 reduction's error scales with the summed terms, not with the result
+  (measured need: 3.2e-7 * max|group|, the first discriminator's post-conv gain; 1.6e-9 *
+  max|group| in the generator of the adversarial phase, the upsample's weight, with the test
+  suite's 8 host devices, whose thread split changes XLA's summation order);
 * updated parameters: Adam's first step is ``p - lr * g / (|g| + eps)``, about
   ``p - lr * sign(g)``, so a parameter whose gradient is within the gradient tolerance of 0
   may legitimately move by up to ``2 lr`` differently. Each element's tolerance is the exact
@@ -59,7 +60,8 @@ WAVLM_DIM, LLM_DIM = 64, 96
 BATCH, SECONDS = 2, 0.32
 LOSS_RTOL = 1e-4
 CODEBOOK_RTOL = 1e-5
-GRAD_RTOL, GRAD_GROUP_ATOL = 1e-4, 1e-6
+GRAD_RTOL = 1e-4
+GROUP_ATOL = {"gen": 1e-8, "disc": 1e-6}
 UPDATE_RTOL = 1e-4
 ULP = 2.0**-23
 LOOSE, LOOSE_SHARE = 0.1, 0.1
@@ -125,8 +127,7 @@ def test_codebook_ema(steps, side):
 
 
 def _grad_tolerances(ref_mu: dict, group_max: float, group: str) -> dict:
-    # The group term only where it was measured to be needed: the discriminator's gains.
-    atol = GRAD_GROUP_ATOL * group_max if group == "disc" else 0.0
+    atol = GROUP_ATOL[group] * group_max
     return {n: GRAD_RTOL * np.abs(v).max() + atol for n, v in ref_mu.items()}
 
 
@@ -141,7 +142,7 @@ def test_gradients(steps, group):
     ref_nu, got_nu = steps["torch_fp64"][f"{group}_nu"], steps["jax"][f"{group}_nu"]
     nu_max = max(np.abs(v).max() for v in ref_nu.values())
     for name, value in ref_nu.items():
-        tol = 2 * GRAD_RTOL * np.abs(value).max() + 2 * GRAD_GROUP_ATOL * nu_max
+        tol = 2 * GRAD_RTOL * np.abs(value).max() + 2 * GROUP_ATOL[group] * nu_max
         np.testing.assert_allclose(got_nu[name], value, rtol=0, atol=tol, err_msg=name)
 
 

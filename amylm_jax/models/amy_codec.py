@@ -131,17 +131,20 @@ class AmyCodec(nn.Module):
         train: bool = True,
         train_rest: bool = True,
         frames25: jax.Array | None = None,
+        rng: jax.Array | None = None,
     ) -> CodecOutput:
         """Training (or eval-mode) forward; output audio trimmed to the input length.
 
         ``frames25`` lets the caller pass a precomputed (e.g. stop-gradient, frozen) encoder
-        output so the frozen encoder is not differentiated.
+        output so the frozen encoder is not differentiated. ``rng`` is the quantizer's key for
+        this call (k-means and dead-code draws, split as ``SplitResidualVQ`` documents); without
+        it a training call draws from the ``quantizer`` RNG stream.
         """
         n = audio_BxN.shape[-1]
         if frames25 is None:
             frames25 = self.encode_frames25(audio_BxN)
         emb = self.downsample(frames25)
-        quantized = self.quantizer(emb, train=train, train_rest=train_rest)
+        quantized = self.quantizer(emb, train=train, train_rest=train_rest, rng=rng)
         audio = self.decode_latent(quantized.x)
         return CodecOutput(audio=audio[:, :n], quantized=quantized, latent=emb)
 

@@ -45,12 +45,24 @@ def random_codebooks(codebooks: Any, key: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def jax_setup(cfg: Any, seed: int, wavlm_dim: int = WAVLM_DIM, llm_dim: int = LLM_DIM):
-    """``(models, state)``: random weights, all codebooks initialised, fresh optimizers."""
+def jax_setup(
+    cfg: Any,
+    seed: int,
+    wavlm_dim: int = WAVLM_DIM,
+    llm_dim: int = LLM_DIM,
+    initialized_codebooks: bool = True,
+):
+    """``(models, state)``: random weights and fresh optimizers.
+
+    Every codebook initialised with random centroids, or with ``initialized_codebooks=False``
+    as a new model has them (empty, so the first training steps run k-means level by level).
+    """
     models = build_models(cfg, wavlm_dim, llm_dim)
     k_init, k_cb, k_run = jax.random.split(jax.random.PRNGKey(seed), 3)
     gen, codebooks, disc = init_params(models, k_init)
-    state = create_state(models, gen, random_codebooks(codebooks, k_cb), disc, k_run)
+    if initialized_codebooks:
+        codebooks = random_codebooks(codebooks, k_cb)
+    state = create_state(models, gen, codebooks, disc, k_run)
     return models, state
 
 

@@ -24,6 +24,12 @@ re-statements of :mod:`amylm_jax.reference.torch_losses` (written from docs/orig
 codebooks, heads, discriminator) into a :class:`TorchTrainer`; :func:`torch_to_jax` converts
 back, and :func:`jax_torch_layout` / :func:`torch_layout` give both sides as PyTorch-layout
 numpy dicts (parameters, codebook buffers and the Adam moments) for comparisons.
+
+:func:`quantizer_draws` lists the row indices a JAX training step draws for k-means and for
+dead-code replacement, slot by slot; inside :func:`injected_draws` moshi's codebooks take
+those rows instead of drawing from torch's generator, so both sides of a many-step comparison
+make the same random choices; inside :func:`tie_rule` they also resolve ties between (nearly)
+equal centroids by the JAX rule (:func:`amylm_jax.models.vq_kmeans.nearest_codes`).
 """
 
 from __future__ import annotations
@@ -119,6 +125,145 @@ def _check_ref_optim(cfg: TrainConfig) -> None:
         raise NotImplementedError("the PyTorch baseline implements the REF losses only")
     if cfg.heads.wavlm != "linear" or cfg.heads.llm != "linear" or not cfg.train_rest_codebooks:
         raise NotImplementedError("the PyTorch baseline implements the REF heads only")
+
+
+# ------------------------------------------------------------------------------ random draws
+def quantizer_draws(cfg: TrainConfig, key: Any, num_samples: int) -> list[dict[str, np.ndarray]]:
+    """The index draws of every active codebook slot in one JAX training step.
+
+    ``key`` is the step's quantizer key (:func:`amylm_jax.steps.step_key`) and
+    ``num_samples`` the number of latent frames in the batch. The split follows the quantizer:
+    (``rvq_first``, ``rvq_rest``) keys, one key per slot of each, then (k-means, dead-code) keys
+    per slot. Returns one ``{"kmeans": [iters + 1, bins], "expiry": [bins]}`` per active slot
+    in the order the codebooks run (``rvq_first`` slots, then ``rvq_rest`` slots).
+    """
+    import jax
+
+    from amylm_jax.models.vq_codebook import expiry_candidate_indices
+    from amylm_jax.models.vq_kmeans import codebook_keys, kmeans_sample_indices
+
+    q = cfg.codec.quantizer
+    key_first, key_rest = jax.random.split(key)
+    out = []
+    for sub_key, n_slots, n_active in (
+        (key_first, q.n_q_first, q.n_q_first),
+        (key_rest, q.n_q_rest, q.num_codebooks - q.n_q_first),
+    ):
+        slot_keys = jax.random.split(sub_key, n_slots)
+        for slot in range(n_active):
+            kmeans_key, expiry_key = codebook_keys(slot_keys[slot])
+            km = kmeans_sample_indices(kmeans_key, num_samples, q.bins, q.kmeans_iters)
+            ex = expiry_candidate_indices(expiry_key, num_samples, q.bins)
+            out.append({"kmeans": np.asarray(km), "expiry": np.asarray(ex)})
+    return out
+
+
+@contextlib.contextmanager
+def injected_draws(trainer: TorchTrainer, draws: list[dict[str, np.ndarray]]):
+    """Within the block, moshi's codebooks take their k-means and dead-code rows from ``draws``.
+
+    ``draws`` as :func:`quantizer_draws` gives them, for one training step. moshi samples rows
+    with ``_sample_vectors`` (``randperm`` prefix or ``randint``, the same rule as the JAX
+    side): once for the initial means and once per k-means iteration, and once when the
+    dead-code check fires. Each active codebook consumes its own slot's rows in that order; on
+    leaving the block every k-means that ran consumed exactly its ``iters + 1`` rows.
+    """
+    from moshi.quantization import core_vq
+
+    active = _active_codebooks(trainer.codec)
+    if len(active) != len(draws):
+        raise ValueError(f"{len(draws)} draws for {len(active)} active codebooks")
+    if trainer.cfg.codec.quantizer.kmeans_iters != 50:
+        raise NotImplementedError("moshi's codebooks run 50 k-means iterations")
+    sample_vectors, run_kmeans = core_vq._sample_vectors, core_vq._run_kmeans
+    now: dict[str, Any] = {"kmeans": None, "expiry": None, "in_kmeans": False}
+
+    def sample(samples: torch.Tensor, num: int) -> torch.Tensor:
+        queue = now["kmeans"] if now["in_kmeans"] else now["expiry"]
+        if not queue:
+            raise RuntimeError("a codebook drew more rows than the JAX step did")
+        rows = queue.pop(0)
+        if rows.shape != (num,) or rows.max() >= samples.shape[0]:
+            raise RuntimeError(f"draw of shape {rows.shape} for {num} of {samples.shape[0]} rows")
+        return samples[torch.from_numpy(rows.astype(np.int64))]
+
+    def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int = 50):
+        if len(now["kmeans"]) != num_iters + 1:
+            raise RuntimeError("k-means ran twice in one codebook call")
+        now["in_kmeans"] = True
+        try:
+            return run_kmeans(samples, num_clusters, num_iters)
+        finally:
+            now["in_kmeans"] = False
+            if now["kmeans"]:
+                raise RuntimeError(f"k-means left {len(now['kmeans'])} draws unused")
+
+    def wrap(cb: nn.Module, slot_draws: dict[str, np.ndarray]):
+        forward = cb.forward
+
+        def call(*args, **kwargs):
+            now["kmeans"] = list(slot_draws["kmeans"])
+            now["expiry"] = [slot_draws["expiry"]]
+            return forward(*args, **kwargs)
+
+        return call
+
+    core_vq._sample_vectors, core_vq._run_kmeans = sample, kmeans
+    for cb, slot_draws in zip(active, draws, strict=True):
+        cb.forward = wrap(cb, slot_draws)
+    try:
+        yield
+    finally:
+        core_vq._sample_vectors, core_vq._run_kmeans = sample_vectors, run_kmeans
+        for cb in active:
+            del cb.forward
+
+
+class _TiedCdist:
+    """``torch`` for moshi's quantizer module, whose ``cdist`` ranks ties like the JAX side.
+
+    moshi calls ``torch.cdist`` only to take an ``argmin`` of it (code assignment and k-means).
+    This ``cdist`` returns 0 for every centroid within ``TIE_RTOL * (|x|^2 + |e|^2)`` of the
+    nearest squared distance (``e`` the nearest centroid) and 1 elsewhere, so that ``argmin``
+    takes the lowest index among them, as :func:`~amylm_jax.models.vq_kmeans.nearest_codes` does.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def cdist(x: torch.Tensor, e: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+        from amylm_jax.models.vq_kmeans import TIE_RTOL
+
+        if p != 2.0:
+            raise NotImplementedError("only Euclidean distances")
+        sq_x = (x * x).sum(-1)
+        sq_e = (e * e).sum(-1)
+        d2 = ((x[..., :, None, :] - e[..., None, :, :]) ** 2).sum(-1)
+        nearest, best = d2.min(-1)
+        scale = sq_x + sq_e.gather(-1, best)
+        return (d2 > (nearest + TIE_RTOL * scale)[..., None]).to(x.dtype)
+
+
+@contextlib.contextmanager
+def tie_rule():
+    """Within the block, moshi's codebooks break ties between near-equal centroids as JAX does."""
+    from moshi.quantization import core_vq
+
+    core_vq.torch = _TiedCdist()
+    try:
+        yield
+    finally:
+        core_vq.torch = torch
+
+
+def _active_codebooks(model: nn.Module) -> list[nn.Module]:
+    """The running codebooks of the split quantizer, in call order."""
+    q = model.quantizer
+    out = []
+    for rvq in (q.rvq_first, q.rvq_rest):
+        out += [layer._codebook for layer in rvq.vq.layers[: rvq.n_q]]
+    return out
 
 
 # ------------------------------------------------------------------------------ the trainer
@@ -389,7 +534,8 @@ def jax_torch_layout(state: Any, cfg: TrainConfig) -> dict[str, dict[str, np.nda
 
     Keys: ``gen`` / ``disc`` (parameters), ``codebooks`` (EMA buffers), ``gen_mu`` /
     ``gen_nu`` / ``disc_mu`` / ``disc_nu`` (Adam first / second moments; zeros for
-    parameters without optimizer state, i.e. the frozen encoder side).
+    parameters without optimizer state, i.e. the frozen encoder side), ``countdowns`` (steps
+    to each codebook's next dead-code check, by state-dict prefix).
     """
     gen, codebooks, disc = _np(state.gen_params), _np(state.codebooks), _np(state.disc_params)
     g_mu, g_nu = (_np(t) for t in _adam_moments(state.opt_g))
@@ -402,6 +548,7 @@ def jax_torch_layout(state: Any, cfg: TrainConfig) -> dict[str, dict[str, np.nda
         "gen_nu": _gen_torch_layout(g_nu, codebooks, cfg, gen),
         "disc_mu": {f"disc.{k}": v for k, v in disc_to_torch(d_mu).items()},
         "disc_nu": {f"disc.{k}": v for k, v in disc_to_torch(d_nu).items()},
+        "countdowns": _countdowns(codebooks),
     }
 
 
@@ -419,6 +566,9 @@ def torch_layout(trainer: TorchTrainer) -> dict[str, dict[str, np.ndarray]]:
             f"codec.{k}": value(v)
             for k, v in trainer.codec.state_dict().items()
             if "._codebook." in k
+        },
+        "countdowns": {
+            p: int(cb._next_unused_check) for p, cb in _codebooks(trainer.codec).items()
         },
         "disc": {n: value(p) for n, p in trainer.disc.named_parameters(prefix="disc")},
     }
