@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -132,6 +133,29 @@ def test_metric_guide_example(tmp_path):
     assert "--config.heads.wavlm=mlp" in fixes
     assert "--config.loss.alpha_wavlm=3.0" in fixes
     assert "--config.loss.adversarial_only=False" in fixes
+
+
+def test_fixes_never_suggest_a_setting_in_force(tmp_path):
+    """The worked example's WavLM fixes, for a run that already has two of them."""
+    path = tmp_path / "log.txt"
+    path.write_text(EXAMPLE)
+    log = report.load_run(path)
+    log.config = {"loss": {"adversarial_only": False, "alpha_wavlm": 1.0}, "heads.wavlm": "mlp"}
+    fixes = report.build_report(log)["diagnosis"][0]["fixes"]
+    assert fixes == ["increase the WavLM weight (2.0-5.0): --config.loss.alpha_wavlm=3.0"]
+    # A run already at the suggested weight gets no fix that changes nothing; D's fixes lose
+    # their "or" when the first alternative is already in force.
+    log.config["loss"]["alpha_wavlm"] = 3
+    assert report.build_report(log)["diagnosis"][0]["fixes"] == []
+    rep = report.build_report(
+        dataclasses.replace(
+            log,
+            config={"disc": {"filters": 16}},
+            epochs={**log.epochs, "loss_d_epoch": [(0, 1.2)]},
+        )
+    )
+    (d_strong,) = [d for d in rep["diagnosis"] if d["metric"] == "loss_d_epoch"]
+    assert d_strong["fixes"] == ["increase the adversarial weight: --config.loss.alpha_adv=1.5"]
 
 
 def test_text_table(tmp_path):

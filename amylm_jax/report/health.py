@@ -9,6 +9,8 @@ values stands in (and the report says so); a metric absent from the log is repor
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,6 +102,41 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den
 
 
+_SETTING = re.compile(r"--config\.([\w.]+)=(\S+)")
+
+
+def _same_setting(current: Any, suggested: str) -> bool:
+    """Whether the run's ``current`` value already equals a fix's ``suggested`` text."""
+    if isinstance(current, bool):
+        return suggested.lower() == str(current).lower()
+    number = _number(current)
+    if number is not None:
+        try:
+            return math.isclose(number, float(suggested), rel_tol=1e-9)
+        except ValueError:
+            return False
+    return isinstance(current, str) and current == suggested
+
+
+def _fixes_not_in_force(fixes: tuple[str, ...], config: Mapping[str, Any]) -> tuple[str, ...]:
+    """``fixes`` without the ones whose ``--config.X=V`` the run already has.
+
+    A run whose config is unknown keeps every fix. When the first alternative goes, the next
+    one loses its leading "or ".
+    """
+    kept = []
+    for fix in fixes:
+        match = _SETTING.search(fix)
+        if match and config:
+            current = _config_value(config, match.group(1))
+            if current is not None and _same_setting(current, match.group(2)):
+                continue
+        kept.append(fix)
+    if kept and fixes and kept[0] != fixes[0]:
+        kept[0] = kept[0].removeprefix("or ")
+    return tuple(kept)
+
+
 def build_report(log: RunLog) -> dict[str, Any]:
     """The report as a JSON-ready dict (metric names without the ``train/`` prefix)."""
     phase, phase_reason = detect_phase(log)
@@ -146,6 +183,9 @@ def build_report(log: RunLog) -> dict[str, Any]:
             diagnosis.append(diag)
     if phase == ADVERSARIAL:
         diagnosis.append(AUDIO_TIP)
+    diagnosis = [
+        dataclasses.replace(d, fixes=_fixes_not_in_force(d.fixes, log.config)) for d in diagnosis
+    ]
     diagnosis.sort(key=lambda d: -SEVERITY.get(d.severity, -1))
     value_of = {name: entry["value"] for name, entry in metrics.items()}
     adv_ratio = _ratio(value_of["adv_g_epoch"], value_of["loss_g_epoch"])
