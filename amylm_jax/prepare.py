@@ -64,6 +64,14 @@ flags.DEFINE_bool(
     "--norepair_d1 pools them as stored, as the original trainer did.",
     flag_values=FLAGS,
 )
+flags.DEFINE_enum(
+    "wavlm_pooling",
+    "adaptive",
+    ["adaptive", "window"],
+    "How 50 Hz WavLM frames become 12.5 Hz targets: 'adaptive' (adaptive average pooling, the "
+    "original's) or 'window' (centred average pool of kernel 8, stride 4, Mimi's).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
     "repair_times",
     False,
@@ -142,6 +150,7 @@ def run_mode() -> dict:
             overwrite=FLAGS.overwrite,
             num_shards=num_shards,
             shard_index=shard_index,
+            wavlm_pooling=FLAGS.wavlm_pooling,
         )
     return report
 

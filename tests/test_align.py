@@ -199,3 +199,14 @@ def test_shared_window_empty_word_text_and_tokens_after_last_word():
     # A leading token with no text before any word starts at the first word's start.
     t = align.token_times_shared_window([" ", "x"], [{"word": "x", "start": 0.1, "end": 0.2}])
     np.testing.assert_array_equal(t, [[0.1, 0.1], [0.1, 0.2]])
+
+
+def test_window_pool_ranges_by_hand():
+    # 10 frames at 50 Hz onto 3 frames at 12.5 Hz: windows 4t-2 .. 4t+5, clipped to the clip.
+    np.testing.assert_array_equal(align.window_pool_ranges(10, 3), [[0, 6], [2, 10], [6, 10]])
+    # A clip whose 50 Hz frames stop before its last 12.5 Hz frame's window: the last row.
+    np.testing.assert_array_equal(align.window_pool_ranges(5, 3), [[0, 5], [2, 5], [4, 5]])
+    feats = np.arange(10, dtype=np.float32)[:, None]
+    np.testing.assert_allclose(align.wavlm_to_frames(feats, 3, "window")[:, 0], [2.5, 5.5, 7.5])
+    with pytest.raises(ValueError, match="choose one of"):
+        align.wavlm_to_frames(feats, 3, "mean")

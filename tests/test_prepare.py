@@ -82,6 +82,30 @@ def test_store_contents_match_alignment_of_teacher_outputs(tmp_path, tiny):
     assert store[0]["transcript"] == "w0 w1" and store[1]["transcript"] == "w0 w1 w2"
 
 
+def test_window_wavlm_pooling(tmp_path, tiny):
+    """``wavlm_pooling="window"``: targets pooled by the centred kernel-8 stride-4 window; the
+    cache refuses to mix poolings."""
+    wavlm, llm = tiny
+    records = _good_records(tmp_path)
+    path = _manifest(tmp_path, records)
+    manifest = prepare.build_store(path, tmp_path / "w", wavlm, llm, progress=False,
+                                   wavlm_pooling="window")  # fmt: skip
+    assert manifest["wavlm_pooling"].startswith("centred average pool, kernel 8, stride 4")
+    store = open_store(tmp_path / "w")
+    for i, rec in enumerate(records):
+        waves = audio.load_resampled(tmp_path / rec["audio"])
+        frames = wavlm.extract([waves[16000]])[0]
+        t_full = align.full_frame_count(len(waves[24000]) / 24000)
+        want = np.stack([frames[max(0, 4 * t - 2) : 4 * t + 6].mean(axis=0) for t in range(t_full)])
+        np.testing.assert_allclose(store[i]["wavlm"], want, rtol=2e-3, atol=2e-3)
+        adaptive = align.wavlm_to_frames(frames, t_full)
+        assert not np.allclose(store[i]["wavlm"], adaptive, rtol=2e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="WavLM pooling 'window'"):
+        prepare.build_store(path, tmp_path / "w", wavlm, llm, progress=False, overwrite=True)
+    with pytest.raises(ValueError, match="choose one of adaptive, window"):
+        prepare.build_store(path, tmp_path / "x", wavlm, llm, wavlm_pooling="mean")
+
+
 def test_resume_skips_cached_clips_and_redoes_changed_ones(tmp_path, tiny):
     records = _good_records(tmp_path)
     path = _manifest(tmp_path, records)

@@ -70,16 +70,48 @@ def pool_ranges(length: int, n_frames: int) -> np.ndarray:
     return np.stack([start, stop], axis=1)
 
 
-def wavlm_to_frames(feats_TxD: np.ndarray, n_frames: int) -> np.ndarray:
-    """Adaptive-average-pool WavLM frames ``[T, D]`` onto ``n_frames`` rows (float32).
+#: How 50 Hz WavLM frames become 12.5 Hz targets (``prepare --wavlm_pooling``).
+#: "adaptive": adaptive average pooling of the clip's frames onto its 12.5 Hz frame count
+#: (the original's collator). "window": a centred (non-causal) average pool of kernel 8 and
+#: stride 4, the pooling Mimi's authors use for their WavLM distillation targets: frame ``t``
+#: averages 50 Hz frames ``4t - 2 .. 4t + 5`` (those inside the clip), 160 ms around its own
+#: 80 ms.
+WAVLM_POOLINGS = ("adaptive", "window")
+WINDOW_KERNEL, WINDOW_STRIDE = 8, 4
 
-    The pooling is the collator's; callers must pass the clip's trimmed frames (D1) so the
-    targets are not time-stretched by batch padding.
+
+def window_pool_ranges(length: int, n_frames: int) -> np.ndarray:
+    """Row ranges ``[start, stop)`` of the "window" pooling, shape ``[n_frames, 2]``.
+
+    Windows are clipped to the clip's ``length`` frames; a frame whose window falls entirely
+    past the end (a clip whose 50 Hz frames stop short of its last 12.5 Hz frame) takes the
+    last row.
+    """
+    if length <= 0 or n_frames <= 0:
+        raise ValueError(f"pooling needs positive sizes, got length={length} n_frames={n_frames}")
+    pad = (WINDOW_KERNEL - WINDOW_STRIDE) // 2
+    start = np.arange(n_frames, dtype=np.int64) * WINDOW_STRIDE - pad
+    stop = np.minimum(start + WINDOW_KERNEL, length)
+    start = np.clip(start, 0, length - 1)
+    stop = np.maximum(stop, start + 1)
+    return np.stack([start, stop], axis=1)
+
+
+def wavlm_to_frames(feats_TxD: np.ndarray, n_frames: int, pooling: str = "adaptive") -> np.ndarray:
+    """Average-pool WavLM frames ``[T, D]`` onto ``n_frames`` rows (float32).
+
+    ``pooling`` is one of :data:`WAVLM_POOLINGS`; "adaptive" is the collator's. Callers must
+    pass the clip's trimmed frames (D1) so the targets are not time-stretched by batch padding.
     """
     feats = np.asarray(feats_TxD)
     if feats.ndim != 2:
         raise ValueError(f"WavLM features must be [T, D], got shape {feats.shape}")
-    ranges = pool_ranges(feats.shape[0], n_frames)
+    if pooling == "adaptive":
+        ranges = pool_ranges(feats.shape[0], n_frames)
+    elif pooling == "window":
+        ranges = window_pool_ranges(feats.shape[0], n_frames)
+    else:
+        raise ValueError(f"wavlm pooling {pooling!r}: choose one of {', '.join(WAVLM_POOLINGS)}")
     csum = np.concatenate(
         [np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0, dtype=np.float64)]
     )

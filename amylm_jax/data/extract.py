@@ -154,6 +154,7 @@ def clip_record(
     llm_times: np.ndarray,
     dims: tuple[int, int],
     repair_times: bool = False,
+    wavlm_pooling: str = "adaptive",
 ) -> dict[str, Any]:
     """Align one clip's teacher outputs onto its 12.5 Hz grid; ClipError on bad features."""
     duration = len(audio_24k) / audio.CODEC_RATE
@@ -177,7 +178,7 @@ def clip_record(
     record = {
         "clip_id": spec.clip_id,
         "audio": audio.to_int16(audio_24k),
-        "wavlm": align.wavlm_to_frames(wavlm_frames, t_full).astype(np.float16),
+        "wavlm": align.wavlm_to_frames(wavlm_frames, t_full, wavlm_pooling).astype(np.float16),
         "llm": llm.astype(np.float16),
         "duration": duration,
         "transcript": spec.transcript,
@@ -228,21 +229,34 @@ def _teacher_name(teacher: Any) -> str:
     return teacher if isinstance(teacher, str) else teacher.name
 
 
-def _open_cache(cache: Path, wavlm: Any, llm: Any) -> dict[str, Any]:
-    """Create or check the cache's metadata: features from other teachers must not mix."""
+def _open_cache(cache: Path, wavlm: Any, llm: Any, pooling: str) -> dict[str, Any]:
+    """Create or check the cache's metadata: features from other teachers or another WavLM
+    pooling must not mix."""
     cache.mkdir(parents=True, exist_ok=True)
     meta_path = cache / "cache.json"
-    want = {"version": _CACHE_VERSION, "wavlm": _teacher_name(wavlm), "llm": _teacher_name(llm)}
+    want = {
+        "version": _CACHE_VERSION,
+        "wavlm": _teacher_name(wavlm),
+        "llm": _teacher_name(llm),
+        "wavlm_pooling": pooling,
+    }
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = {"wavlm_pooling": "adaptive", **json.loads(meta_path.read_text())}
         if {k: meta.get(k) for k in want} != want:
             raise ValueError(
                 f"feature cache {cache} was built with teachers {meta.get('wavlm')!r} / "
-                f"{meta.get('llm')!r}; delete it or pass another cache_dir"
+                f"{meta.get('llm')!r} and WavLM pooling {meta.get('wavlm_pooling')!r}; "
+                "delete it or pass another cache_dir"
             )
         return meta
     meta_path.write_text(json.dumps(want) + "\n")
     return want
+
+
+_POOLING_TEXT = {
+    "adaptive": "adaptive average of per-clip trimmed frames (D1 fixed)",
+    "window": "centred average pool, kernel 8, stride 4, of per-clip trimmed frames",
+}
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -250,7 +264,7 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def _extract_batch(batch, wavlm, llm, cache, dims, repair_times, on_bad) -> None:
+def _extract_batch(batch, wavlm, llm, cache, dims, repair_times, pooling, on_bad) -> None:
     """Load audio, run both teachers on a batch, align and cache each clip."""
     loaded = []
     for spec in batch:
@@ -273,7 +287,7 @@ def _extract_batch(batch, wavlm, llm, cache, dims, repair_times, on_bad) -> None
     for (spec, waves), w_feats, (l_feats, l_times) in zip(loaded, wavlm_out, llm_out, strict=True):
         try:
             rec = clip_record(spec, waves[audio.CODEC_RATE], w_feats, l_feats, l_times, dims,
-                              repair_times)  # fmt: skip
+                              repair_times, pooling)  # fmt: skip
         except ClipError as err:
             on_bad(err)
             continue
@@ -297,12 +311,14 @@ def build_store(
     progress: bool = True,
     num_shards: int = 1,
     shard_index: int = 0,
+    wavlm_pooling: str = "adaptive",
 ) -> dict[str, Any]:
     """Build an aligned feature store from an alignment manifest; returns its manifest.
 
     ``manifest`` is a JSONL/JSON path (audio paths relative to it) or a list of records (paths
     relative to ``base_dir``, default the working directory). ``wavlm``/``llm`` are teacher
-    names (hub id, local path, ``tiny-random``) or already loaded teachers.
+    names (hub id, local path, ``tiny-random``) or already loaded teachers. ``wavlm_pooling``
+    is one of :data:`~amylm_jax.data.align.WAVLM_POOLINGS`.
 
     With ``num_shards > 1`` this process handles only the contiguous block ``shard_index`` of
     the manifest's clips and writes it as a part store ``OUT/parts/IIIII-of-NNNNN`` (its own
@@ -318,6 +334,10 @@ def build_store(
         records, base = list(manifest), Path(base_dir or os.getcwd())
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index={shard_index} must lie in [0, num_shards={num_shards})")
+    if wavlm_pooling not in align.WAVLM_POOLINGS:
+        raise ValueError(
+            f"wavlm_pooling={wavlm_pooling!r}: choose one of {', '.join(align.WAVLM_POOLINGS)}"
+        )
     first = 0
     if num_shards > 1:
         first, last = shard_bounds(len(records), num_shards, shard_index)
@@ -353,7 +373,7 @@ def build_store(
         cache_dir = (Path(".amylm_prepare_cache") / local) if remote else local
         cache_dir = cache_dir.with_name(cache_dir.name + ".work")
     cache = Path(cache_dir)
-    meta = _open_cache(cache, wavlm, llm)
+    meta = _open_cache(cache, wavlm, llm, wavlm_pooling)
     pending = [
         s for s in specs if _cached_fingerprint(cache / _cache_name(s.clip_id)) != s.fingerprint()
     ]
@@ -369,12 +389,12 @@ def build_store(
         total=len(pending), desc="teacher features", unit="clip", disable=not progress
     ) as bar:
         for batch in _batches(pending, batch_size):
-            _extract_batch(batch, wavlm, llm, cache, dims, repair_times, on_bad)
+            _extract_batch(batch, wavlm, llm, cache, dims, repair_times, wavlm_pooling, on_bad)
             bar.update(len(batch))
 
     extra = {
         "source": "alignment manifest",
-        "wavlm_pooling": "adaptive average of per-clip trimmed frames (D1 fixed)",
+        "wavlm_pooling": _POOLING_TEXT[wavlm_pooling],
         "llm_alignment": "prefix-sum interval mean over word windows (D4 guarded)",
         "times_repaired": bool(repair_times),
         "num_input_clips": len(records),
