@@ -274,6 +274,8 @@ class OptimConfig:
     b2: float = 0.9
     eps: float = 1e-8
     weight_decay: float = 0.0
+    weight_decay_on: str = "all"
+    weight_decay_groups: tuple[str, ...] = ("main", "rvq", "heads", "disc")
     clip_g: float = 1.0
     clip_d: float = 0.0
     lr_rvq: float | None = None
@@ -306,6 +308,17 @@ class OptimConfig:
             raise ValueError("optim.warmup_steps must be >= 0 and final_lr_ratio in [0, 1]")
         if self.decay_rate <= 0:
             raise ValueError(f"optim.decay_rate must be > 0, got {self.decay_rate}")
+        if self.weight_decay_on not in ("all", "transformers"):
+            raise ValueError(
+                f"optim.weight_decay_on must be 'all' or 'transformers', got "
+                f"{self.weight_decay_on!r}"
+            )
+        unknown = set(self.weight_decay_groups) - {"main", "rvq", "heads", "disc"}
+        if unknown:
+            raise ValueError(
+                f"optim.weight_decay_groups: unknown groups {sorted(unknown)} "
+                "(choose from main, rvq, heads, disc)"
+            )
 
 
 def tiny_codec_config(**overrides: Any) -> CodecConfig:

@@ -77,10 +77,26 @@ def generator_labels(gen_params: PyTree, cfg: TrainConfig) -> PyTree:
     return jax.tree_util.tree_map_with_path(label, gen_params)
 
 
-def _adam(cfg: TrainConfig, lr, b1: float, b2: float) -> optax.GradientTransformation:
+#: The codec submodules whose weight matrices ``optim.weight_decay_on="transformers"`` decays.
+TRANSFORMERS = ("encoder_transformer", "decoder_transformer")
+
+
+def transformer_weight_mask(params: PyTree) -> PyTree:
+    """True for the kernels (weight matrices) of the codec's transformers, False elsewhere
+    (norms, layer scales, every other module)."""
+
+    def is_transformer_kernel(path, _):
+        keys = [getattr(p, "key", None) for p in path]
+        return keys[-1] == "kernel" and any(k in TRANSFORMERS for k in keys)
+
+    return jax.tree_util.tree_map_with_path(is_transformer_kernel, params)
+
+
+def _adam(cfg: TrainConfig, lr, b1: float, b2: float, group: str) -> optax.GradientTransformation:
     o = cfg.optim
-    if o.optimizer == "adamw":
-        return optax.adamw(lr, b1=b1, b2=b2, eps=o.eps, weight_decay=o.weight_decay)
+    if o.optimizer == "adamw" and group in o.weight_decay_groups:
+        mask = transformer_weight_mask if o.weight_decay_on == "transformers" else None
+        return optax.adamw(lr, b1=b1, b2=b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
     return optax.adam(lr, b1=b1, b2=b2, eps=o.eps)
 
 
@@ -133,14 +149,14 @@ def make_optimizers(cfg: TrainConfig) -> tuple[optax.GradientTransformation, ...
     heads_b2 = o.heads_b2 if o.heads_b2 is not None else o.b2
     groups = {
         "frozen": optax.set_to_zero(),
-        "main": _adam(cfg, _group_lr(cfg, o.lr_g), o.b1, o.b2),
-        "rvq": _adam(cfg, rvq_learning_rate(cfg), o.b1, o.b2),
-        "heads": _adam(cfg, _group_lr(cfg, lr_heads), heads_b1, heads_b2),
+        "main": _adam(cfg, _group_lr(cfg, o.lr_g), o.b1, o.b2, "main"),
+        "rvq": _adam(cfg, rvq_learning_rate(cfg), o.b1, o.b2, "rvq"),
+        "heads": _adam(cfg, _group_lr(cfg, lr_heads), heads_b1, heads_b2, "heads"),
     }
     tx_g = optax.multi_transform(groups, lambda p: generator_labels(p, cfg))
     if o.clip_g > 0:
         tx_g = optax.chain(optax.clip_by_global_norm(o.clip_g), tx_g)
-    tx_d = _adam(cfg, _group_lr(cfg, o.lr_d), o.b1, o.b2)
+    tx_d = _adam(cfg, _group_lr(cfg, o.lr_d), o.b1, o.b2, "disc")
     if o.clip_d > 0:
         tx_d = optax.chain(optax.clip_by_global_norm(o.clip_d), tx_d)
     return tx_g, tx_d

@@ -198,6 +198,49 @@ def test_schedules_drive_the_optimizers_and_leave_the_default_state_alone():
     assert plain != scheduled  # a schedule adds its step count; the default does not
 
 
+def test_adamw_decays_transformer_weights_only_in_chosen_groups():
+    """Zero gradients: Adam's step is 0, so an update is exactly the decoupled decay
+    ``-lr * weight_decay * p``, on the decoder transformer's weight matrices and nowhere else
+    (not its norms, not other modules, not the discriminator's group)."""
+    cfg = TrainConfig(
+        frozen=(),
+        optim=OptimConfig(
+            optimizer="adamw",
+            weight_decay=0.05,
+            weight_decay_on="transformers",
+            weight_decay_groups=("main",),
+        ),
+    )
+    tree = _gen_tree()
+    tree["codec"]["decoder_transformer"] = {
+        "layers_0": {"linear1": {"kernel": jnp.full((2, 2), 2.0)}, "norm1": {"scale": jnp.ones(2)}}
+    }
+    tx_g, tx_d = make_optimizers(cfg)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, tree)
+    updates, _ = tx_g.update(zeros, tx_g.init(tree), tree)
+    flat = {
+        "/".join(k.key for k in path): np.asarray(v)
+        for path, v in jax.tree_util.tree_flatten_with_path(updates)[0]
+    }
+    decayed = {n for n, v in flat.items() if np.any(v != 0)}
+    assert decayed == {
+        "codec/decoder_transformer/layers_0/linear1/kernel",
+        "codec/encoder_transformer/layers_0/kernel",
+    }
+    np.testing.assert_allclose(
+        flat["codec/decoder_transformer/layers_0/linear1/kernel"], -3e-4 * 0.05 * 2.0, rtol=1e-6
+    )
+    disc = {"w": jnp.ones((3,))}
+    d_updates, _ = tx_d.update({"w": jnp.zeros(3)}, tx_d.init(disc), disc)
+    assert float(jnp.abs(d_updates["w"]).max()) == 0  # "disc" is not in weight_decay_groups
+    # "all" (the default) decays every parameter of every group, as before.
+    _, tx_all = make_optimizers(_optim(optimizer="adamw", weight_decay=0.05))
+    d_updates, _ = tx_all.update({"w": jnp.zeros(3)}, tx_all.init(disc), disc)
+    np.testing.assert_allclose(d_updates["w"], -3e-4 * 0.05, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown groups"):
+        OptimConfig(weight_decay_groups=("decoder",))
+
+
 def test_rvq_rest_projections_freeze_apart_from_rvq_first():
     """``frozen`` takes paths below a submodule: ``quantizer/rvq_rest`` gets no update and no
     gradient, while ``rvq_first`` keeps training."""
