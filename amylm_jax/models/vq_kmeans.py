@@ -45,36 +45,17 @@ def kmeans_sample_indices(key: jax.Array, num_samples: int, bins: int, iters: in
     return jax.vmap(lambda k: sample_indices(k, num_samples, bins))(keys)
 
 
-#: Centroids whose squared distance to a vector ``x`` is within this fraction of
-#: ``|x|^2 + |e|^2`` (``e`` the nearest centroid) of the nearest one count as tied
-#: (see :func:`nearest_codes`).
-TIE_RTOL = 1e-5
-
-
 def nearest_codes(x: jax.Array, centroids: jax.Array) -> jax.Array:
     """Index of the nearest centroid (Euclidean) for each row of ``x`` ``[M, D]`` -> ``[M]``.
 
-    Uses ``|e|^2 - 2 x.e`` (the ``|x|^2`` term does not change the choice) in float32 at
-    HIGHEST matmul precision. Ties go to the lowest index, and "tied" has a tolerance: every
-    centroid within ``TIE_RTOL * (|x|^2 + |e|^2)`` of the nearest squared distance (``e`` the
-    nearest centroid) counts as nearest. Codebooks are full of centroids that are equal in
-    exact arithmetic (k-means with fewer vectors than codes copies vectors into many codes,
-    and the EMA of an unused copy, ``(decay * s) / (decay * n)``, differs from ``s / n`` only
-    by rounding). A plain argmin would pick among those by rounding noise, so the codes, and
-    from them which code the EMA moves, would depend on the backend's summation order; with
-    the tolerance every backend and precision picks the same code. The original's argmin
-    differs from this only among centroids that close, where its own choice depends on its
-    BLAS kernels.
+    Uses ``|e|^2 - 2 x.e`` (the ``|x|^2`` term does not change the argmin) in float32 at
+    HIGHEST matmul precision; ``argmin`` returns the lowest index on ties, as ``torch.argmin``.
     """
     x = x.astype(jnp.float32)
     centroids = centroids.astype(jnp.float32)
     cross = jnp.dot(x, centroids.T, precision=_HIGHEST, preferred_element_type=jnp.float32)
-    sq_c = jnp.sum(centroids * centroids, axis=-1)
-    dists = sq_c[None, :] - 2.0 * cross
-    best = jnp.argmin(dists, axis=-1)
-    scale = jnp.sum(x * x, axis=-1) + sq_c[best]
-    bound = jnp.take_along_axis(dists, best[:, None], axis=-1) + TIE_RTOL * scale[:, None]
-    return jnp.argmax(dists <= bound, axis=-1).astype(jnp.int32)
+    dists = jnp.sum(centroids * centroids, axis=-1)[None, :] - 2.0 * cross
+    return jnp.argmin(dists, axis=-1).astype(jnp.int32)
 
 
 def cluster_stats(x: jax.Array, codes: jax.Array, bins: int) -> tuple[jax.Array, jax.Array]:

@@ -28,8 +28,7 @@ numpy dicts (parameters, codebook buffers and the Adam moments) for comparisons.
 :func:`quantizer_draws` lists the row indices a JAX training step draws for k-means and for
 dead-code replacement, slot by slot; inside :func:`injected_draws` moshi's codebooks take
 those rows instead of drawing from torch's generator, so both sides of a many-step comparison
-make the same random choices; inside :func:`tie_rule` they also resolve ties between (nearly)
-equal centroids by the JAX rule (:func:`amylm_jax.models.vq_kmeans.nearest_codes`).
+make the same random choices.
 """
 
 from __future__ import annotations
@@ -217,44 +216,6 @@ def injected_draws(trainer: TorchTrainer, draws: list[dict[str, np.ndarray]]):
         core_vq._sample_vectors, core_vq._run_kmeans = sample_vectors, run_kmeans
         for cb in active:
             del cb.forward
-
-
-class _TiedCdist:
-    """``torch`` for moshi's quantizer module, whose ``cdist`` ranks ties like the JAX side.
-
-    moshi calls ``torch.cdist`` only to take an ``argmin`` of it (code assignment and k-means).
-    This ``cdist`` returns 0 for every centroid within ``TIE_RTOL * (|x|^2 + |e|^2)`` of the
-    nearest squared distance (``e`` the nearest centroid) and 1 elsewhere, so that ``argmin``
-    takes the lowest index among them, as :func:`~amylm_jax.models.vq_kmeans.nearest_codes` does.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    @staticmethod
-    def cdist(x: torch.Tensor, e: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-        from amylm_jax.models.vq_kmeans import TIE_RTOL
-
-        if p != 2.0:
-            raise NotImplementedError("only Euclidean distances")
-        sq_x = (x * x).sum(-1)
-        sq_e = (e * e).sum(-1)
-        d2 = ((x[..., :, None, :] - e[..., None, :, :]) ** 2).sum(-1)
-        nearest, best = d2.min(-1)
-        scale = sq_x + sq_e.gather(-1, best)
-        return (d2 > (nearest + TIE_RTOL * scale)[..., None]).to(x.dtype)
-
-
-@contextlib.contextmanager
-def tie_rule():
-    """Within the block, moshi's codebooks break ties between near-equal centroids as JAX does."""
-    from moshi.quantization import core_vq
-
-    core_vq.torch = _TiedCdist()
-    try:
-        yield
-    finally:
-        core_vq.torch = torch
 
 
 def _active_codebooks(model: nn.Module) -> list[nn.Module]:
