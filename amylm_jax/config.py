@@ -41,6 +41,8 @@ class DataConfig:
 
     `batch_size` is GLOBAL: each of `process_count` processes gets `batch_size // process_count`
     examples per step. `val_clips` (explicit clip ids) overrides `val_fraction`.
+    `val_group_by` names a grouping field the store lists per clip (``speaker``, ``source``):
+    the split then takes whole groups, so no speaker or recording is on both sides.
     """
 
     store: str = "demo"
@@ -49,6 +51,7 @@ class DataConfig:
     frame_aligned_crops: bool = True
     val_fraction: float = 0.2
     val_clips: tuple[str, ...] = ()
+    val_group_by: str = ""
     split_seed: int = 42
     seed: int = 42
     worker_count: int = 0

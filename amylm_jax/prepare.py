@@ -90,6 +90,13 @@ flags.DEFINE_integer(
     "shard_index", None, "This process's block, 0..N-1 (default: from the environment).",
     flag_values=FLAGS,
 )  # fmt: skip
+flags.DEFINE_list(
+    "group_fields",
+    ["speaker", "source"],
+    "Manifest record fields kept per clip for grouped validation splits (data.val_group_by); "
+    "'source' defaults to the record's audio path.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
     "join", False, "Join the finished parts in --out into one store manifest.", flag_values=FLAGS
 )
@@ -101,6 +108,8 @@ def _main(args: list[str]) -> int:
         raise cli.UsageError(f"unexpected arguments {args}; see --help")
     report = run_mode()
     report = {k: v for k, v in report.items() if k != "shards"}
+    if "clip_groups" in report:  # one value per clip: name the fields only
+        report["clip_groups"] = sorted(report["clip_groups"])
     print(json.dumps(report, indent=2))
     return 0
 
@@ -151,6 +160,7 @@ def run_mode() -> dict:
             num_shards=num_shards,
             shard_index=shard_index,
             wavlm_pooling=FLAGS.wavlm_pooling,
+            group_fields=tuple(FLAGS.group_fields),
         )
     return report
 

@@ -168,3 +168,12 @@ def test_d1_is_repaired_by_default_and_kept_on_request(tmp_path, rng, capsys):
     assert cli.main([f"--import_hf={path}", f"--out={tmp_path / 'kept'}", "--norepair_d1"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["d1_padded"] == 2 and report["d1_repaired"] == 0
+
+
+def test_row_groups_name_the_source_recording_of_a_segment():
+    """GigaSpeech segment ids name their recording; a speaker column is kept when present."""
+    assert importer.row_groups({}, "POD0000000001_S0000008") == {"source": "POD0000000001"}
+    assert importer.row_groups({"speaker": "s1"}, "seg0") == {"speaker": "s1"}
+    assert importer.row_groups({"speaker": ""}, "AUD0000000003_S0000120") == {
+        "source": "AUD0000000003"
+    }

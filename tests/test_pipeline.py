@@ -86,6 +86,56 @@ def test_split_by_fraction_and_by_ids(store_path):
         P.split_clips(store, _cfg(store_path, val_clips=("nope",)))
 
 
+def _grouped_store(tmp_path, speakers):
+    path = tmp_path / "grouped"
+    with S.StoreWriter(path, wavlm_dim=DW, llm_dim=DL, teachers={"wavlm": "w", "llm": "l"}) as w:
+        for i, speaker in enumerate(speakers):
+            t = S.frames_for_duration(1.0)
+            w.add(
+                {
+                    "clip_id": f"c{i:02d}",
+                    "audio": np.ones(24000, np.int16),
+                    "wavlm": np.zeros((t, DW), np.float16),
+                    "llm": np.zeros((t, DL), np.float16),
+                    "duration": 1.0,
+                    "groups": {} if speaker is None else {"speaker": speaker},
+                }
+            )
+    return str(path)
+
+
+def test_split_grouped_by_speaker_keeps_each_speaker_on_one_side(tmp_path):
+    speakers = ["ann"] * 5 + ["bob"] * 3 + ["cy"] * 4 + ["dee"] * 2 + [None, None]
+    path = _grouped_store(tmp_path, speakers)
+    store = S.open_store(path)
+    assert store.group_fields == ["speaker"]
+    assert store.clip_groups("speaker") == speakers
+    for seed in range(20):
+        cfg = _cfg(path, val_group_by="speaker", val_fraction=0.25, split_seed=seed)
+        train, val = P.split_clips(store, cfg)
+        assert set(train) | set(val) == set(range(16)) and not set(train) & set(val)
+        on_val = {speakers[i] for i in val if speakers[i]}
+        on_train = {speakers[i] for i in train if speakers[i]}
+        assert not on_val & on_train, (seed, on_val, on_train)
+        # Whole groups until at least round(16 * 0.25) = 4 clips; the last group taken is
+        # what pushed the count to 4 or more.
+        assert len(val) >= 4 and len(train) >= 1
+        assert np.array_equal(P.split_clips(store, cfg)[1], val)  # same seed, same split
+    splits = {
+        tuple(P.split_clips(store, _cfg(path, val_group_by="speaker", split_seed=s))[1])
+        for s in range(20)
+    }
+    assert len(splits) > 3  # the seed decides which groups
+    # Listed clips bring their whole speaker; a clip without a speaker comes alone.
+    _, val = P.split_clips(store, _cfg(path, val_group_by="speaker", val_clips=("c06", "c14")))
+    assert list(val) == [5, 6, 7, 14]
+    with pytest.raises(ValueError, match=r"val_group_by='source'.*it has: speaker"):
+        P.split_clips(store, _cfg(path, val_group_by="source"))
+    # Without val_group_by the split is by clip, as before.
+    _, val = P.split_clips(store, _cfg(path, val_fraction=0.25))
+    assert len(val) == 4
+
+
 def test_batch_shapes_aligned_crops_and_feature_rows(store_path):
     cfg = _cfg(store_path)
     store = S.open_store(store_path)

@@ -80,6 +80,25 @@ def test_store_contents_match_alignment_of_teacher_outputs(tmp_path, tiny):
         l_ref = align.llm_to_frames(feats, times, duration)
         np.testing.assert_allclose(got["llm"], l_ref, rtol=2e-3, atol=2e-3)
     assert store[0]["transcript"] == "w0 w1" and store[1]["transcript"] == "w0 w1 w2"
+    # Grouping fields: the source recording defaults to the record's audio path.
+    assert store.group_fields == ["source"]
+    assert store.clip_groups("source") == ["a.wav", "b.flac"]
+
+
+def test_grouping_fields_are_carried_per_clip(tmp_path, tiny):
+    records = _good_records(tmp_path)
+    records[0].update(speaker="spk1", source="book.mp3", voice="en-us")
+    records[1].update(speaker=7)
+    path = _manifest(tmp_path, records)
+    prepare.build_store(path, tmp_path / "s1", *tiny, progress=False)
+    store = open_store(tmp_path / "s1")
+    assert store.clip_groups("speaker") == ["spk1", "7"]
+    assert store.clip_groups("source") == ["book.mp3", "b.flac"]
+    prepare.build_store(path, tmp_path / "s2", *tiny, progress=False, group_fields=("voice",))
+    assert open_store(tmp_path / "s2").clip_groups("voice") == ["en-us", None]
+    records[1]["speaker"] = {"name": "x"}
+    with pytest.raises(prepare.ClipError, match="'b'.*speaker.*string or number"):
+        prepare.build_store(_manifest(tmp_path, records), tmp_path / "s3", *tiny, progress=False)
 
 
 def test_window_wavlm_pooling(tmp_path, tiny):
@@ -298,6 +317,8 @@ def test_two_shards_joined_equal_one_process_and_resume_clip_by_clip(tmp_path):
     single = open_store(tmp_path / "single")
     assert len(joined) == len(single) == single_manifest["num_clips"] == 48
     assert joined.clip_ids == single.clip_ids
+    assert joined.clip_groups("source") == single.clip_groups("source")
+    assert joined.clip_groups("source")[0] == "wavs/demo_000.wav"
     for i in range(len(single)):
         a, b = joined[i], single[i]
         assert a["clip_id"] == b["clip_id"] and a["transcript"] == b["transcript"]

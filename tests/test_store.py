@@ -138,3 +138,18 @@ def test_clip_ids_come_from_manifest_and_are_checked(tmp_path, rng):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="clip_ids"):
         S.check_store(path)
+
+
+def test_clip_groups_stay_aligned_with_the_records(tmp_path, rng):
+    """A grouping field first seen on a later record, or missing from one, keeps its values
+    aligned with the clip order (None where a clip has no value)."""
+    groups = [{}, {"speaker": "a"}, {"speaker": "b", "source": "x.wav"}, {"source": ""}]
+    recs = [{**_record(rng, f"c{i}", 4000), "groups": g} for i, g in enumerate(groups)]
+    _write(tmp_path / "s", recs)
+    store = S.open_store(tmp_path / "s")
+    assert store.group_fields == ["source", "speaker"]
+    assert store.clip_groups("speaker") == [None, "a", "b", None]
+    assert store.clip_groups("source") == [None, None, "x.wav", None]
+    with pytest.raises(KeyError, match="no grouping field 'voice'.*source, speaker"):
+        store.clip_groups("voice")
+    assert S.check_store(tmp_path / "s")["num_clips"] == 4

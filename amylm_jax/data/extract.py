@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ MIN_DURATION_S = 0.1
 # Words may end slightly past the last sample (ASR rounding); more than this means the
 # alignment belongs to other audio.
 ALIGNMENT_SLACK_S = 0.25
+# Record fields carried into the store per clip, for a validation split that keeps whole
+# speakers or recordings out of training (`data.val_group_by`). ``source`` defaults to the
+# record's audio path: the segments cut from one recording share it.
+GROUP_FIELDS = ("speaker", "source")
 _CACHE_VERSION = 1
 
 
@@ -55,6 +59,7 @@ class ClipSpec:
     audio: str
     words: list[dict]
     transcript: str
+    groups: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """Hash of everything the cached features depend on (inputs, not teachers)."""
@@ -104,7 +109,26 @@ def _transcript(record: Mapping[str, Any], words: Sequence[Mapping]) -> str:
     return " ".join(w["word"] for w in words if w["word"] != align.SILENCE)
 
 
-def parse_record(record: Mapping[str, Any], base_dir: str | os.PathLike, index: int) -> ClipSpec:
+def record_groups(record: Mapping[str, Any], fields: Sequence[str] = GROUP_FIELDS) -> dict:
+    """The grouping fields of one manifest record (``source`` falls back to its audio path)."""
+    groups = {}
+    for name in fields:
+        value = record.get(name)
+        if value is None and name == "source":
+            value = record.get("audio")
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"field {name!r} must be a string or number, got {value!r}")
+        if value is not None and str(value) != "":
+            groups[name] = str(value)
+    return groups
+
+
+def parse_record(
+    record: Mapping[str, Any],
+    base_dir: str | os.PathLike,
+    index: int,
+    group_fields: Sequence[str] = GROUP_FIELDS,
+) -> ClipSpec:
     """Validate one manifest record and turn it into a :class:`ClipSpec` (or raise ClipError)."""
     cid = record.get("clip_id", record.get("segment_id"))
     if cid is None:
@@ -138,7 +162,11 @@ def parse_record(record: Mapping[str, Any], base_dir: str | os.PathLike, index: 
             raise ClipError(cid, f"word {n} {w['word']!r} ends before it starts {w}")
     if not align.has_silence_injected(entries):
         entries = align.inject_silence(entries)
-    return ClipSpec(cid, path, entries, _transcript(record, entries))
+    try:
+        groups = record_groups(record, group_fields)
+    except ValueError as err:
+        raise ClipError(cid, str(err)) from err
+    return ClipSpec(cid, path, entries, _transcript(record, entries), groups)
 
 
 def _cache_name(clip_id: str) -> str:
@@ -312,13 +340,16 @@ def build_store(
     num_shards: int = 1,
     shard_index: int = 0,
     wavlm_pooling: str = "adaptive",
+    group_fields: Sequence[str] = GROUP_FIELDS,
 ) -> dict[str, Any]:
     """Build an aligned feature store from an alignment manifest; returns its manifest.
 
     ``manifest`` is a JSONL/JSON path (audio paths relative to it) or a list of records (paths
     relative to ``base_dir``, default the working directory). ``wavlm``/``llm`` are teacher
     names (hub id, local path, ``tiny-random``) or already loaded teachers. ``wavlm_pooling``
-    is one of :data:`~amylm_jax.data.align.WAVLM_POOLINGS`.
+    is one of :data:`~amylm_jax.data.align.WAVLM_POOLINGS`. The record fields named in
+    ``group_fields`` (default speaker and source file) are kept per clip in the store's
+    ``clip_groups`` for grouped validation splits (`data.val_group_by`).
 
     With ``num_shards > 1`` this process handles only the contiguous block ``shard_index`` of
     the manifest's clips and writes it as a part store ``OUT/parts/IIIII-of-NNNNN`` (its own
@@ -359,7 +390,7 @@ def build_store(
     seen: set[str] = set()
     for i, rec in enumerate(records, start=first):
         try:
-            spec = parse_record(rec, base, i)
+            spec = parse_record(rec, base, i, group_fields)
         except ClipError as err:
             on_bad(err)
             continue
@@ -413,7 +444,8 @@ def build_store(
         for spec in specs:
             if spec.clip_id in skipped:
                 continue
-            w.add(_load_npz(cache / _cache_name(spec.clip_id), spec.clip_id))
+            record = _load_npz(cache / _cache_name(spec.clip_id), spec.clip_id)
+            w.add({**record, "groups": spec.groups})
         for cid, reason in skipped.items():
             w.skip(cid, reason)
     if not keep_cache:
@@ -477,6 +509,8 @@ def join_parts(out_dir: str | os.PathLike) -> dict[str, Any]:
     manifests = [json.loads(paths.read_text(folder / n / MANIFEST)) for n in want]
     first = manifests[0]
     shards, clip_ids, skipped, seen = [], [], [], set()
+    fields = sorted({f for m in manifests for f in m.get("clip_groups") or {}})
+    groups: dict[str, list] = {f: [] for f in fields}
     for name, m in zip(want, manifests, strict=True):
         for key in ("version", "wavlm_dim", "llm_dim", "teachers"):
             if m[key] != first[key]:
@@ -492,6 +526,8 @@ def join_parts(out_dir: str | os.PathLike) -> dict[str, Any]:
             )
         seen.update(m["clip_ids"])
         clip_ids += m["clip_ids"]
+        for f in fields:  # a part without a field has no value for its clips
+            groups[f] += (m.get("clip_groups") or {}).get(f) or [None] * len(m["clip_ids"])
         skipped += m["skipped"]
     if not clip_ids:
         raise ValueError(f"no clip left to store: all were skipped ({skipped})")
@@ -505,5 +541,8 @@ def join_parts(out_dir: str | os.PathLike) -> dict[str, Any]:
         "clip_ids": clip_ids,
         "joined_parts": count,
     }
+    joined.pop("clip_groups", None)
+    if fields:
+        joined["clip_groups"] = groups
     paths.write_text(root / MANIFEST, json.dumps(joined, indent=2) + "\n")
     return joined

@@ -15,6 +15,7 @@ did, for parity runs. The manifest reports how many clips were padded
 from __future__ import annotations
 
 import os
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,20 @@ def import_row(
     return record, padded
 
 
+def row_groups(row: dict, clip_id: str) -> dict[str, str]:
+    """Grouping fields of one original row: its ``speaker`` column when present, and its source
+    recording, the part of a GigaSpeech segment id before ``_S<n>`` (``POD0000000001_S0000008``
+    is a segment of podcast ``POD0000000001``). Segments of one recording share speakers, so a
+    split by ``source`` keeps them on one side."""
+    groups = {}
+    if row.get("speaker") not in (None, ""):
+        groups["speaker"] = str(row["speaker"])
+    match = re.fullmatch(r"(.+)_S\d+", clip_id)
+    if match:
+        groups["source"] = match.group(1)
+    return groups
+
+
 def _row_transcript(row: dict) -> str:
     for col in _TRANSCRIPT_COLUMNS:
         if row.get(col) is not None:
@@ -199,7 +214,7 @@ def import_hf_dataset(
                 stack.enter_context(writer)
             counts["d1_padded"] += int(padded)
             counts["d1_repaired"] += int(padded and repair_d1)
-            writer.add(record)
+            writer.add({**record, "groups": row_groups(row, clip_id)})
         if writer is None:
             raise ValueError(
                 f"{path}: no clip left to store ({len(skipped)} skipped: {skipped[:5]})"

@@ -73,29 +73,59 @@ def _open(store: Store | str) -> Store:
 
 
 def split_clips(store: Store, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Train / validation record indices (sorted int64 arrays), split by clip.
+    """Train / validation record indices (sorted int64 arrays), split by clip or by group.
 
     With `cfg.val_clips` the validation set is exactly those clips (unknown ids are an error);
     otherwise `round(n * val_fraction)` clips drawn with `split_seed` (at least one when the
     fraction is positive and the store has two or more clips).
+
+    With `cfg.val_group_by` (a grouping field of the store, see `Store.clip_groups`) the split
+    is over groups: listed `val_clips` bring their whole groups into validation; otherwise
+    groups drawn in `split_seed` order join validation until it holds at least
+    `round(n * val_fraction)` clips (never every group). A clip without a value for the field
+    is a group of its own.
     """
     n = len(store)
+    groups = _group_ids(store, cfg.val_group_by) if cfg.val_group_by else np.arange(n)
     if cfg.val_clips:
         where = {cid: i for i, cid in enumerate(store.clip_ids)}
         unknown = [c for c in cfg.val_clips if c not in where]
         if unknown:
             raise ValueError(f"val_clips not in store {store.path}: {unknown[:5]}")
-        val = np.array(sorted({where[c] for c in cfg.val_clips}), dtype=np.int64)
+        chosen = groups[[where[c] for c in cfg.val_clips]]
+        val = np.flatnonzero(np.isin(groups, chosen)).astype(np.int64)
     else:
         if not 0.0 <= cfg.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
         n_val = round(n * cfg.val_fraction)
         if cfg.val_fraction > 0 and n >= 2:
             n_val = max(n_val, 1)
-        perm = np.random.default_rng(cfg.split_seed).permutation(n)
-        val = np.sort(perm[:n_val]).astype(np.int64)
+        if not cfg.val_group_by:
+            perm = np.random.default_rng(cfg.split_seed).permutation(n)
+            val = np.sort(perm[:n_val]).astype(np.int64)
+        else:
+            unique, sizes = np.unique(groups, return_counts=True)
+            order = np.random.default_rng(cfg.split_seed).permutation(len(unique))
+            taken = np.cumsum(sizes[order])
+            count = int(np.searchsorted(taken, n_val)) + 1 if n_val else 0
+            count = min(count, len(unique) - 1)  # training keeps at least one group
+            val = np.flatnonzero(np.isin(groups, unique[order[:count]])).astype(np.int64)
     train = np.setdiff1d(np.arange(n, dtype=np.int64), val)
     return train, val
+
+
+def _group_ids(store: Store, field: str) -> np.ndarray:
+    """Integer group of each record by `field`; clips without a value are groups of their own."""
+    try:
+        values = store.clip_groups(field)
+    except KeyError as err:
+        raise ValueError(f"data.val_group_by={field!r}: {err.args[0]}") from None
+    ids: dict[str, int] = {}
+    out = np.empty(len(values), np.int64)
+    for i, value in enumerate(values):
+        key = f"value:{value}" if value is not None else f"clip:{i}"
+        out[i] = ids.setdefault(key, len(ids))
+    return out
 
 
 def _local_batch(cfg: DataConfig, process_count: int) -> int:

@@ -6,7 +6,8 @@ step (`amylm_jax.data.extract`) aligns each clip once and writes the result with
 `StoreWriter`; the training pipeline only crops. A store is a folder, local or on object
 storage (``gs://bucket/stores/amy``):
 
-    manifest.json          version, rates, counts, dims, teachers, shards, clip ids, skipped
+    manifest.json          version, rates, counts, dims, teachers, shards, clip ids, skipped,
+                           and per-clip grouping fields (speaker, source file) when known
     shard-00000.records    the records of up to 256 clips, back to back (`encode_record`)
     shard-00000.index      their byte offsets: num_records + 1 little-endian uint64
 
@@ -140,7 +141,10 @@ class StoreWriter:
     """Context manager that writes a store atomically; see the module docstring.
 
     Use `add(record)` per clip and `skip(clip_id, reason)` for clips that were dropped (they are
-    listed in the manifest so a run can say what it did not train on). `overwrite=True` replaces
+    listed in the manifest so a run can say what it did not train on). A record may carry
+    ``groups``, a mapping of grouping fields (``speaker``, ``source``, ...) to its value; the
+    manifest lists them per clip under ``clip_groups`` so a validation split can keep whole
+    speakers or recordings out of training (`Store.clip_groups`). `overwrite=True` replaces
     an existing store at close; otherwise an existing `out_dir` is an error. `out_dir` may be a
     URL: the store is then built in a local temporary folder and uploaded at close.
     """
@@ -174,6 +178,7 @@ class StoreWriter:
         self._shards: list[dict[str, Any]] = []
         self._skipped: list[dict[str, str]] = []
         self._ids: dict[str, None] = {}  # insertion-ordered set: record order
+        self._groups: dict[str, list[str | None]] = {}  # field -> value per record
         self._total_seconds = 0.0
 
     def __enter__(self) -> StoreWriter:
@@ -208,6 +213,16 @@ class StoreWriter:
         self._shards[-1]["num_records"] += 1
         self._ids[cid] = None
         self._total_seconds += float(record["duration"])
+        self._add_groups(record.get("groups") or {})
+
+    def _add_groups(self, groups: Mapping[str, Any]) -> None:
+        n = len(self._ids)  # this record is number n - 1
+        for field, value in groups.items():
+            column = self._groups.setdefault(str(field), [])
+            column.extend([None] * (n - 1 - len(column)))  # a field first seen now
+            column.append(None if value is None or value == "" else str(value))
+        for column in self._groups.values():
+            column.extend([None] * (n - len(column)))  # a field this record lacks
 
     def skip(self, clip_id: str, reason: str) -> None:
         """Record that a clip was left out, and why."""
@@ -249,6 +264,8 @@ class StoreWriter:
             "skipped": self._skipped,
             "clip_ids": list(self._ids),
         }
+        if self._groups:
+            manifest["clip_groups"] = self._groups
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if self.remote:
             self._upload()
@@ -420,6 +437,31 @@ class Store:
             ids = self.manifest.get("clip_ids") or [self[i]["clip_id"] for i in range(len(self))]
             self._clip_ids = [str(c) for c in ids]
         return self._clip_ids
+
+    @property
+    def group_fields(self) -> list[str]:
+        """The grouping fields the manifest lists per clip (e.g. ``speaker``, ``source``)."""
+        return sorted(self.manifest.get("clip_groups") or {})
+
+    def clip_groups(self, field: str) -> list[str | None]:
+        """Value of grouping field ``field`` per record (None where a clip lacks it).
+
+        Raises KeyError naming the fields the store has when it has no ``field``.
+        """
+        groups = self.manifest.get("clip_groups") or {}
+        if field not in groups:
+            have = ", ".join(sorted(groups)) or "none"
+            raise KeyError(
+                f"store {self.path} lists no grouping field {field!r} per clip (it has: {have}); "
+                "add the field to the alignment manifest's records and rebuild the store"
+            )
+        values = groups[field]
+        if len(values) != len(self):
+            raise ValueError(
+                f"store {self.path}: clip_groups[{field!r}] has {len(values)} values "
+                f"for {len(self)} clips"
+            )
+        return values
 
     @property
     def wavlm_dim(self) -> int:

@@ -102,7 +102,7 @@ def _validation_clips(data_cfg, store_arg: str | None, max_clips: int | None):
             f"val_clips={list(data_cfg.val_clips)}"
             if data_cfg.val_clips
             else f"val_fraction={data_cfg.val_fraction}"
-        )
+        ) + (f", val_group_by={data_cfg.val_group_by!r}" if data_cfg.val_group_by else "")
         raise EvaluationError(
             f"store {store.path} has no validation clips ({len(store)} clips, {how}); pass a "
             "larger store with --store, or train with a validation split"
