@@ -53,6 +53,10 @@ class DataConfig:
     val_clips: tuple[str, ...] = ()
     val_group_by: str = ""
     split_seed: int = 42
+    # Distillation targets standardised per dimension with the store's feature statistics
+    # (mean and std over every frame of the store), per teacher.
+    normalize_wavlm_targets: bool = False
+    normalize_llm_targets: bool = False
     seed: int = 42
     worker_count: int = 0
     shuffle: bool = True
@@ -229,6 +233,9 @@ class HeadsConfig:
 
     wavlm: str = "linear"
     llm: str = "linear"
+    # None: the feature store's LLM dim. <= 0: no LLM branch at all (no head, no loss, no
+    # `train/llm`), and a store without LLM features (`prepare --llm=none`) is accepted.
+    llm_dim: int | None = None
 
     def __post_init__(self):
         for name in ("wavlm", "llm"):

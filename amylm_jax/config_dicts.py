@@ -21,5 +21,6 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.optim.lr_heads = ml_collections.FieldReference(None, field_type=float)
     cfg.optim.heads_b1 = ml_collections.FieldReference(None, field_type=float)
     cfg.optim.heads_b2 = ml_collections.FieldReference(None, field_type=float)
+    cfg.heads.llm_dim = ml_collections.FieldReference(None, field_type=int)
     cfg.wandb_project = ml_collections.FieldReference(None, field_type=str)
     return cfg

@@ -42,7 +42,11 @@ flags.DEFINE_string(
     "wavlm", DEFAULT_WAVLM, "WavLM hub id, local directory or tiny-random.", flag_values=FLAGS
 )
 flags.DEFINE_string(
-    "llm", DEFAULT_LLM, "Causal LM hub id, local directory or tiny-random.", flag_values=FLAGS
+    "llm",
+    DEFAULT_LLM,
+    "Causal LM hub id, local directory, tiny-random, or none (a store without LLM features, "
+    "for runs without the LLM branch).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_integer("batch_size", 8, "Clips per teacher forward pass.", flag_values=FLAGS)
 flags.DEFINE_string(
@@ -110,6 +114,11 @@ def _main(args: list[str]) -> int:
     report = {k: v for k, v in report.items() if k != "shards"}
     if "clip_groups" in report:  # one value per clip: name the fields only
         report["clip_groups"] = sorted(report["clip_groups"])
+    if "feature_stats" in report:  # one mean and std per dimension: summarise
+        report["feature_stats"] = {
+            name: {"frames": st["frames"], "dims": len(st["mean"])}
+            for name, st in report["feature_stats"].items()
+        }
     print(json.dumps(report, indent=2))
     return 0
 

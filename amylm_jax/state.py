@@ -32,7 +32,7 @@ class TrainState:
     """Everything a training step reads and writes (a pytree; donated to the step)."""
 
     step: jax.Array
-    gen_params: PyTree  # {"codec": ..., "wavlm_head": ..., "llm_head": ...}
+    gen_params: PyTree  # {"codec", "wavlm_head", "llm_head" (when the LLM branch is on)}
     codebooks: PyTree
     disc_params: PyTree
     opt_g: PyTree
@@ -48,11 +48,15 @@ class Models:
     codec: AmyCodec
     disc: MultiScaleSTFTDiscriminator
     wavlm_head: DistillHead
-    llm_head: DistillHead
+    llm_head: DistillHead | None  # None: no LLM branch (llm_dim <= 0)
     tx_g: optax.GradientTransformation
     tx_d: optax.GradientTransformation
     wavlm_dim: int
-    llm_dim: int
+    llm_dim: int  # 0 when the LLM branch is off
+
+    @property
+    def llm_on(self) -> bool:
+        return self.llm_head is not None
 
     @property
     def compute_dtype(self):
@@ -162,8 +166,33 @@ def make_optimizers(cfg: TrainConfig) -> tuple[optax.GradientTransformation, ...
     return tx_g, tx_d
 
 
+def resolve_llm_dim(cfg: TrainConfig, store_llm_dim: int) -> int:
+    """The LLM branch's dim: the store's, or 0 (branch off) when ``heads.llm_dim <= 0`` or the
+    store holds no LLM features; a positive ``heads.llm_dim`` must match the store."""
+    want = cfg.heads.llm_dim
+    if want is not None and want <= 0:
+        return 0
+    if store_llm_dim <= 0:
+        if want is not None:
+            raise ValueError(
+                f"heads.llm_dim={want} but the feature store has no LLM features (llm_dim 0); "
+                "set heads.llm_dim=0 or rebuild the store with an LLM teacher"
+            )
+        return 0
+    if want is not None and want != store_llm_dim:
+        raise ValueError(
+            f"heads.llm_dim={want} but the feature store's LLM features have {store_llm_dim} "
+            "dims; leave heads.llm_dim unset to take the store's"
+        )
+    return int(store_llm_dim)
+
+
 def build_models(cfg: TrainConfig, wavlm_dim: int, llm_dim: int) -> Models:
-    """Modules and optimizers for ``cfg``; teacher dims come from the feature store."""
+    """Modules and optimizers for ``cfg``; teacher dims come from the feature store.
+
+    ``llm_dim`` is the store's; the LLM branch is off when :func:`resolve_llm_dim` gives 0.
+    """
+    llm_dim = resolve_llm_dim(cfg, llm_dim)
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
     d = cfg.disc
     tx_g, tx_d = make_optimizers(cfg)
@@ -179,7 +208,7 @@ def build_models(cfg: TrainConfig, wavlm_dim: int, llm_dim: int) -> Models:
             conv_method=d.resolved_conv_method(),
         ),
         wavlm_head=DistillHead(wavlm_dim, kind=cfg.heads.wavlm),
-        llm_head=DistillHead(llm_dim, kind=cfg.heads.llm),
+        llm_head=DistillHead(llm_dim, kind=cfg.heads.llm) if llm_dim > 0 else None,
         tx_g=tx_g,
         tx_d=tx_d,
         wavlm_dim=wavlm_dim,
@@ -194,14 +223,14 @@ def init_params(models: Models, key: jax.Array) -> tuple[PyTree, PyTree, PyTree]
     codec_vars = init_codec(cfg.codec, k_codec)
     latent = jnp.zeros((1, 2, cfg.codec.quantizer.output_dimension), jnp.float32)
     heads = jax.jit(
-        lambda kw, kl: (
-            models.wavlm_head.init(kw, latent)["params"],
-            models.llm_head.init(kl, latent)["params"],
-        )
+        lambda kw, kl: {
+            "wavlm_head": models.wavlm_head.init(kw, latent)["params"],
+            **({"llm_head": models.llm_head.init(kl, latent)["params"]} if models.llm_on else {}),
+        }
     )(k_w, k_l)
     n = max(cfg.disc.n_ffts) * 2
     disc = jax.jit(lambda k: models.disc.init(k, jnp.zeros((1, n), jnp.float32))["params"])(k_d)
-    gen_params = {"codec": codec_vars["params"], "wavlm_head": heads[0], "llm_head": heads[1]}
+    gen_params = {"codec": codec_vars["params"], **heads}
     return gen_params, codec_vars["codebooks"], disc
 
 

@@ -106,24 +106,24 @@ def distill_losses(
     """
     lc = models.cfg.loss
     codes = out.quantized.first.codes
-    sem_ste = None
-    if lc.llm_latent == "ste":
+    sem = sem_ste = None
+    if models.llm_on and lc.llm_latent == "ste":
         sem_ste = models.codec.apply(
             {"params": codec_params, "codebooks": old_codebooks},
             out.latent,
             codes,
             method=AmyCodec.semantic_ste,
         )
-    if lc.llm_latent == "codebook0":
+    if models.llm_on and lc.llm_latent == "codebook0":
         # REF: decode of code 0 with the post-update centroids; reaches output_proj + head.
         sem = models.codec.apply(
             {"params": codec_params, "codebooks": sg(new_codebooks)},
             codes,
             method=AmyCodec.decode_semantic,
         )
-    else:
+    elif models.llm_on:
         sem = sem_ste
-    if lc.llm_detach_latent:
+    if lc.llm_detach_latent and sem is not None:
         sem = sg(sem)
     sp = out.quantized.first.x
     if lc.wavlm_semantic_detach:
@@ -137,12 +137,10 @@ def distill_losses(
             method=AmyCodec.project_semantic,
         )
         sp = sp - sem_dec + sg(sem_dec)
-    wavlm_t, llm_t = batch["wavlm"], batch["llm"]
+    wavlm_t = batch["wavlm"]
     if lc.layernorm:
-        sem, sp = layer_norm(sem), layer_norm(sp)
-        wavlm_t, llm_t = layer_norm(wavlm_t), layer_norm(llm_t)
+        sp, wavlm_t = layer_norm(sp), layer_norm(wavlm_t)
     pred_w = models.wavlm_head.apply({"params": gen_params["wavlm_head"]}, sp)
-    pred_l = models.llm_head.apply({"params": gen_params["llm_head"]}, sem)
     mask = batch["mask"] if lc.mask_padded_frames else None
     if example_weight is not None:
         mask = (jnp.ones_like(batch["mask"]) if mask is None else mask) * example_weight[:, None]
@@ -153,6 +151,12 @@ def distill_losses(
         center_target=lc.center_wavlm_target,
         center_pred=lc.center_wavlm_pred,
     )
+    if not models.llm_on:  # no LLM branch: a constant zero, no head, no teacher features
+        return wavlm, jnp.zeros((), jnp.float32)
+    llm_t = batch["llm"]
+    if lc.layernorm:
+        sem, llm_t = layer_norm(sem), layer_norm(llm_t)
+    pred_l = models.llm_head.apply({"params": gen_params["llm_head"]}, sem)
     llm = distill_loss(pred_l, llm_t, mask_BxT=mask)
     return wavlm, llm
 
@@ -404,7 +408,7 @@ def _metrics(
         "train/adv_g": losses.adv_g,
         "train/feat": losses.feat,
         "train/wavlm": losses.wavlm,
-        "train/llm": losses.llm,
+        **({"train/llm": losses.llm} if models.llm_on else {}),
         "train/msspec": losses.msspec,
         "train/d_real_acc": disc.real_acc,
         "train/d_fake_acc": disc.fake_acc,
@@ -437,7 +441,9 @@ def eval_step(models: Models, state: TrainState, batch: Batch) -> tuple[Metrics,
     )
     ms = jax.vmap(lambda x, y: msspec_loss(x[None], y[None], MEL_CONFIG))(out.audio, real)
     total = jnp.sum(w)
-    metrics = {"val/wavlm": wavlm * total, "val/llm": llm * total, "val/msspec": ms}
+    metrics = {"val/wavlm": wavlm * total, "val/msspec": ms}
+    if models.llm_on:
+        metrics["val/llm"] = llm * total
     if lc.gan:
 
         def per_example(x, y):

@@ -136,6 +136,26 @@ def test_split_grouped_by_speaker_keeps_each_speaker_on_one_side(tmp_path):
     assert len(val) == 4
 
 
+def test_targets_standardised_with_the_store_statistics(store_path):
+    store = S.open_store(store_path)
+    cfg = _cfg(store_path, normalize_wavlm_targets=True)
+    mean, std = store.feature_stats("wavlm")
+    stats = P.target_stats(store, cfg)
+    assert set(stats) == {"wavlm"}  # the LLM targets stay as stored
+    ex = P.crop_example(store[0], 0, cfg, stats)  # 0.5 s clip: 7 real frames of 13
+    raw = P.crop_example(store[0], 0, cfg)
+    np.testing.assert_allclose(ex["wavlm"][:7], (raw["wavlm"][:7] - mean) / std, rtol=1e-6)
+    assert not ex["wavlm"][7:].any()  # padding stays zero
+    np.testing.assert_array_equal(ex["llm"], raw["llm"])
+    batch = next(iter(P.make_train_dataset(cfg, store=store)))
+    frames = np.concatenate([store[i]["wavlm"] for i in range(len(store))]).astype(np.float64)
+    z = (frames - mean) / std
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-5)
+    real = batch["mask"] > 0
+    assert np.abs(batch["wavlm"][real]).max() < np.abs(z).max() + 1e-5
+
+
 def test_batch_shapes_aligned_crops_and_feature_rows(store_path):
     cfg = _cfg(store_path)
     store = S.open_store(store_path)

@@ -85,6 +85,19 @@ def test_store_contents_match_alignment_of_teacher_outputs(tmp_path, tiny):
     assert store.clip_groups("source") == ["a.wav", "b.flac"]
 
 
+def test_store_without_llm_features(tmp_path, tiny):
+    """``--llm=none``: no LLM teacher; every record has zero-width LLM features."""
+    wavlm, _ = tiny
+    records = _good_records(tmp_path)
+    manifest = prepare.build_store(_manifest(tmp_path, records), tmp_path / "s", wavlm, "none",
+                                   progress=False)  # fmt: skip
+    assert manifest["llm_dim"] == 0 and manifest["teachers"]["llm"] == "none"
+    store = open_store(tmp_path / "s")
+    for i in range(2):
+        assert store[i]["llm"].shape == (store[i]["wavlm"].shape[0], 0)
+    assert check_store(tmp_path / "s")["num_clips"] == 2
+
+
 def test_grouping_fields_are_carried_per_clip(tmp_path, tiny):
     records = _good_records(tmp_path)
     records[0].update(speaker="spk1", source="book.mp3", voice="en-us")
@@ -319,6 +332,9 @@ def test_two_shards_joined_equal_one_process_and_resume_clip_by_clip(tmp_path):
     assert joined.clip_ids == single.clip_ids
     assert joined.clip_groups("source") == single.clip_groups("source")
     assert joined.clip_groups("source")[0] == "wavs/demo_000.wav"
+    for name in ("wavlm", "llm"):
+        for a, b in zip(joined.feature_stats(name), single.feature_stats(name), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for i in range(len(single)):
         a, b = joined[i], single[i]
         assert a["clip_id"] == b["clip_id"] and a["transcript"] == b["transcript"]

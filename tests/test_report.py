@@ -378,3 +378,11 @@ def test_loss_g_cause_and_disabled_discriminator():
     assert diag["severity"] == "critical"
     assert diag["cause"].startswith("largest weighted terms: 15*msspec=4.5, 1*wavlm=0.6")
     assert not any(d["metric"] in ("loss_d_epoch", "adv_g_epoch") for d in rep["diagnosis"])
+
+
+def test_llm_metric_disabled_without_the_llm_branch():
+    epoch = {"train/loss_g_epoch": 6.0, "train/msspec_epoch": 0.3, "train/wavlm_epoch": 0.6}
+    for config, status in (({"heads": {"llm_dim": 0}}, "disabled"), ({}, "missing")):
+        records = [{"step": 0, "config": config}, {"step": 1, "epoch": 0, **epoch}]
+        rep = report.build_report(report.records_to_log(records, "mem"))
+        assert rep["metrics"]["llm_epoch"]["status"] == status

@@ -103,6 +103,40 @@ def test_gan_off_skips_discriminator():
     assert _max_diff(state.disc_params, new.disc_params) == 0.0
 
 
+def test_llm_branch_off_is_the_step_with_no_llm_term():
+    """``heads.llm_dim <= 0`` removes the LLM head, loss and metric; every other number is the
+    step with ``alpha_llm = 0`` (whose LLM gradient is exactly zero), here on a batch from a store
+    without LLM features (zero-width ``llm``)."""
+    from amylm_jax.config import HeadsConfig
+    from amylm_jax.state import resolve_llm_dim
+
+    base = TrainConfig(codec=tiny_codec_config(), disc=SMALL_DISC)
+    off = dataclasses.replace(base, heads=HeadsConfig(llm_dim=0))
+    zero = dataclasses.replace(base, loss=LossConfig(alpha_llm=0.0))
+    m_off, s_off = make(off)
+    m_zero, s_zero = make(zero)
+    assert m_off.llm_head is None and m_off.llm_dim == 0
+    assert "llm_head" not in s_off.gen_params and "llm_head" in s_zero.gen_params
+    batch = make_batch()
+    no_llm = dict(batch, llm=np.zeros((2, 13, 0), np.float32))  # a store without LLM features
+    new_off, met_off = jax.jit(functools.partial(train_step, m_off))(s_off, no_llm)
+    new_zero, met_zero = jax.jit(functools.partial(train_step, m_zero))(s_zero, batch)
+    assert "train/llm" not in met_off and float(met_zero["train/llm"]) > 0
+    for name in set(met_zero) - {"train/llm", "train/grad_norm_g"}:
+        np.testing.assert_allclose(met_off[name], met_zero[name], rtol=1e-6, err_msg=name)
+    kept = {k: v for k, v in new_zero.gen_params.items() if k != "llm_head"}
+    assert _max_diff(new_off.gen_params, kept) < 1e-6
+    assert _max_diff(new_off.codebooks, new_zero.codebooks) < 1e-6
+    assert _max_diff(new_off.disc_params, new_zero.disc_params) < 1e-6
+    m_store = build_models(base, DW, 0)  # the store's dim 0 turns the branch off by itself
+    assert m_store.llm_head is None and m_store.llm_dim == 0
+    with pytest.raises(ValueError, match="heads.llm_dim=5 but the feature store's LLM"):
+        resolve_llm_dim(dataclasses.replace(base, heads=HeadsConfig(llm_dim=5)), DL)
+    with pytest.raises(ValueError, match="no LLM features"):
+        resolve_llm_dim(dataclasses.replace(base, heads=HeadsConfig(llm_dim=DL)), 0)
+    assert resolve_llm_dim(dataclasses.replace(base, heads=HeadsConfig(llm_dim=-1)), DL) == 0
+
+
 def test_nonfinite_batch_leaves_state_unchanged(setup):
     models, state, batch = setup
     bad = dict(batch, audio=np.full_like(batch["audio"], np.nan))

@@ -153,3 +153,26 @@ def test_clip_groups_stay_aligned_with_the_records(tmp_path, rng):
     with pytest.raises(KeyError, match="no grouping field 'voice'.*source, speaker"):
         store.clip_groups("voice")
     assert S.check_store(tmp_path / "s")["num_clips"] == 4
+
+
+def test_feature_stats_are_the_mean_and_std_over_all_frames(tmp_path, rng):
+    recs = [_record(rng, f"c{i}", n) for i, n in enumerate((4000, 24000, 31000))]
+    store = S.open_store(_write(tmp_path / "s", recs))
+    for name in ("wavlm", "llm"):
+        frames = np.concatenate([np.asarray(r[name], np.float16) for r in recs]).astype(np.float64)
+        mean, std = store.feature_stats(name)
+        np.testing.assert_allclose(mean, frames.mean(0), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(std, frames.std(0), rtol=1e-6)
+        assert store.manifest["feature_stats"][name]["frames"] == frames.shape[0]
+    # Stores joined from parts: the merged statistics are those of all frames together.
+    a = S.open_store(_write(tmp_path / "a", recs[:1])).manifest["feature_stats"]["wavlm"]
+    b = S.open_store(_write(tmp_path / "b", recs[1:])).manifest["feature_stats"]["wavlm"]
+    merged = S.merge_stats([a, b])
+    np.testing.assert_allclose(merged["mean"], store.feature_stats("wavlm")[0], rtol=1e-6)
+    np.testing.assert_allclose(merged["std"], store.feature_stats("wavlm")[1], rtol=1e-6)
+    old = tmp_path / "s" / S.MANIFEST
+    manifest = json.loads(old.read_text())
+    del manifest["feature_stats"]
+    old.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="no feature statistics.*rebuild"):
+        S.open_store(tmp_path / "s").feature_stats("wavlm")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from amylm_jax import paths
 from amylm_jax.data import align, audio, teachers
-from amylm_jax.data.store import MANIFEST, StoreWriter, open_store
+from amylm_jax.data.store import MANIFEST, StoreWriter, merge_stats, open_store
 
 MIN_DURATION_S = 0.1
 # Words may end slightly past the last sample (ASR rounding); more than this means the
@@ -187,7 +187,8 @@ def clip_record(
     """Align one clip's teacher outputs onto its 12.5 Hz grid; ClipError on bad features."""
     duration = len(audio_24k) / audio.CODEC_RATE
     t_full = align.full_frame_count(duration)
-    for name, feats, dim in (("wavlm", wavlm_frames, dims[0]), ("llm", llm_feats, dims[1])):
+    checked = [("wavlm", wavlm_frames, dims[0])] + ([("llm", llm_feats, dims[1])] * (dims[1] > 0))
+    for name, feats, dim in checked:
         if feats.ndim != 2 or feats.shape[1] != dim or feats.shape[0] == 0:
             raise ClipError(
                 spec.clip_id, f"{name} features have shape {feats.shape}, want [*, {dim}]"
@@ -200,7 +201,10 @@ def clip_record(
             spec.clip_id, f"alignment reaches {last_end:.2f} s but the audio is {duration:.2f} s"
         )
     try:
-        llm = align.llm_to_frames(llm_feats, llm_times, duration, repair=repair_times)
+        if dims[1] > 0:
+            llm = align.llm_to_frames(llm_feats, llm_times, duration, repair=repair_times)
+        else:  # a store without LLM features (no LLM teacher)
+            llm = np.zeros((t_full, 0), np.float32)
     except ValueError as err:
         raise ClipError(spec.clip_id, str(err)) from err
     record = {
@@ -542,6 +546,11 @@ def join_parts(out_dir: str | os.PathLike) -> dict[str, Any]:
         "joined_parts": count,
     }
     joined.pop("clip_groups", None)
+    if all("feature_stats" in m for m in manifests):
+        joined["feature_stats"] = {
+            name: merge_stats([m["feature_stats"][name] for m in manifests])
+            for name in first["feature_stats"]
+        }
     if fields:
         joined["clip_groups"] = groups
     paths.write_text(root / MANIFEST, json.dumps(joined, indent=2) + "\n")

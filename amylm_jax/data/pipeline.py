@@ -170,12 +170,37 @@ def crop_start(
     return int(rng.integers(0, num_samples - n))
 
 
-def crop_example(record: dict[str, Any], start: int, cfg: DataConfig) -> dict[str, np.ndarray]:
+# Floor of the per-dimension std when standardising targets: a constant dimension maps to 0.
+_STD_FLOOR = 1e-5
+
+
+def target_stats(store: Store, cfg: DataConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{feature: (mean, std)}`` for the targets `cfg` standardises (empty when none)."""
+    names = [n for n, on in (("wavlm", cfg.normalize_wavlm_targets),
+                             ("llm", cfg.normalize_llm_targets)) if on]  # fmt: skip
+    out = {}
+    for name in names:
+        if name == "llm" and store.llm_dim == 0:
+            continue  # a store without LLM features: nothing to standardise
+        mean, std = store.feature_stats(name)
+        out[name] = (mean, np.maximum(std, _STD_FLOOR))
+    return out
+
+
+def crop_example(
+    record: dict[str, Any],
+    start: int,
+    cfg: DataConfig,
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, np.ndarray]:
     """Cut one example from a store record at `start` samples (§9.3 step 6), zero padded.
 
     Features start at frame `start // 1920`; `mask[t] = 1` for frames inside the clip's
     `T_full` frames, so losses may ignore zero padding (D19 keeps them in by default).
+    Features named in `stats` (see `target_stats`) become `(x - mean) / std` on the clip's own
+    frames; padding frames stay zero.
     """
+    stats = stats or {}
     n, t = segment_samples(cfg), segment_frames(cfg)
     audio = np.zeros(n, np.float32)
     piece = record["audio"][start : start + n]
@@ -186,6 +211,9 @@ def crop_example(record: dict[str, Any], start: int, cfg: DataConfig) -> dict[st
     for name in ("wavlm", "llm"):
         feat = np.zeros((t, record[name].shape[1]), np.float32)
         rows = record[name][f0 : f0 + t]
+        if name in stats:
+            mean, std = stats[name]
+            rows = (rows.astype(np.float32) - mean) / std
         feat[: rows.shape[0]] = rows
         out[name] = feat
     out["mask"] = (np.arange(f0, f0 + t) < t_full).astype(np.float32)
@@ -217,6 +245,7 @@ class _TrainBatch:
         local_batch: int,
     ):
         self.store, self.clips, self.cfg = store, clips, cfg
+        self.stats = target_stats(store, cfg)
         self.per_epoch = len(clips)  # an epoch is one pass over the clips
         self.process_index, self.local_batch = process_index, local_batch
         self._orders: dict[int, np.ndarray] = {}
@@ -241,7 +270,7 @@ class _TrainBatch:
         record = self.store[clip]
         rng = np.random.default_rng([self.cfg.seed, _CROP_TAG, epoch, clip])
         start = crop_start(record["audio"].size, self.cfg, rng, training=True)
-        return crop_example(record, start, self.cfg)
+        return crop_example(record, start, self.cfg, self.stats)
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         first = int(step) * self.cfg.batch_size + self.process_index * self.local_batch
@@ -254,11 +283,12 @@ class _EvalExample:
 
     def __init__(self, store: Store, cfg: DataConfig):
         self.store, self.cfg = store, cfg
+        self.stats = target_stats(store, cfg)
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
         if index < 0:
             return padding_example(self.cfg, self.store.wavlm_dim, self.store.llm_dim)
-        return crop_example(self.store[int(index)], 0, self.cfg)
+        return crop_example(self.store[int(index)], 0, self.cfg, self.stats)
 
 
 def _to_plain_arrays(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,7 +7,8 @@ step (`amylm_jax.data.extract`) aligns each clip once and writes the result with
 storage (``gs://bucket/stores/amy``):
 
     manifest.json          version, rates, counts, dims, teachers, shards, clip ids, skipped,
-                           and per-clip grouping fields (speaker, source file) when known
+                           per-dimension mean/std of each teacher feature, and per-clip
+                           grouping fields (speaker, source file) when known
     shard-00000.records    the records of up to 256 clips, back to back (`encode_record`)
     shard-00000.index      their byte offsets: num_records + 1 little-endian uint64
 
@@ -131,6 +132,22 @@ def validate_record(record: Mapping[str, Any], wavlm_dim: int, llm_dim: int) -> 
             raise ValueError(f"clip {cid!r}: {name} contains NaN or Inf")
 
 
+def stats_from_sums(count: int, total: np.ndarray, squares: np.ndarray) -> dict[str, Any]:
+    """``{"frames", "mean", "std"}`` (per dimension, population std) from running sums."""
+    count = int(count)
+    mean = total / max(count, 1)
+    var = np.maximum(squares / max(count, 1) - np.square(mean), 0.0)
+    return {"frames": count, "mean": mean.tolist(), "std": np.sqrt(var).tolist()}
+
+
+def merge_stats(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The `stats_from_sums` of several stores' features taken together."""
+    count = sum(int(p["frames"]) for p in parts)
+    total = sum(int(p["frames"]) * np.asarray(p["mean"], np.float64) for p in parts)
+    squares = sum(int(p["frames"]) * (np.square(p["std"]) + np.square(p["mean"])) for p in parts)
+    return stats_from_sums(count, np.asarray(total), np.asarray(squares))
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -179,6 +196,12 @@ class StoreWriter:
         self._skipped: list[dict[str, str]] = []
         self._ids: dict[str, None] = {}  # insertion-ordered set: record order
         self._groups: dict[str, list[str | None]] = {}  # field -> value per record
+        # Per-dimension frame count, sum and sum of squares of each feature (float64) for
+        # the manifest's `feature_stats` (distillation target normalisation).
+        self._sums = {
+            name: [0, np.zeros(dim), np.zeros(dim)]
+            for name, dim in (("wavlm", self.wavlm_dim), ("llm", self.llm_dim))
+        }
         self._total_seconds = 0.0
 
     def __enter__(self) -> StoreWriter:
@@ -214,6 +237,12 @@ class StoreWriter:
         self._ids[cid] = None
         self._total_seconds += float(record["duration"])
         self._add_groups(record.get("groups") or {})
+        for name, acc in self._sums.items():
+            # The stored float16 values, as training reads them.
+            feat = np.asarray(record[name], np.float16).astype(np.float64)
+            acc[0] += feat.shape[0]
+            acc[1] += feat.sum(axis=0)
+            acc[2] += np.square(feat).sum(axis=0)
 
     def _add_groups(self, groups: Mapping[str, Any]) -> None:
         n = len(self._ids)  # this record is number n - 1
@@ -266,6 +295,9 @@ class StoreWriter:
         }
         if self._groups:
             manifest["clip_groups"] = self._groups
+        manifest["feature_stats"] = {
+            name: stats_from_sums(*acc) for name, acc in self._sums.items()
+        }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if self.remote:
             self._upload()
@@ -462,6 +494,18 @@ class Store:
                 f"for {len(self)} clips"
             )
         return values
+
+    def feature_stats(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension ``(mean, std)`` (float32) of teacher feature ``name`` over every frame
+        of every clip, written by the store's builder."""
+        stats = (self.manifest.get("feature_stats") or {}).get(name)
+        if stats is None:
+            raise ValueError(
+                f"store {self.path} has no feature statistics (it was built before they were "
+                "written); rebuild it with `python -m amylm_jax.prepare` (the per-clip feature "
+                "cache makes this quick) to normalise distillation targets"
+            )
+        return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
 
     @property
     def wavlm_dim(self) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 from amylm_jax.data import align
 
 TINY = "tiny-random"
+NONE = "none"  # no LLM teacher: a store without LLM features, for runs without the LLM branch
 DEFAULT_WAVLM = "microsoft/wavlm-large"
 DEFAULT_LLM = "Qwen/Qwen3-1.7B"
 _TINY_SEED = 0
@@ -269,11 +270,27 @@ def load_wavlm(
     return WavLMTeacher(name=name, model=model, feature_extractor=fe, device=dev)
 
 
-def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: str | None = None) -> LLMTeacher:
-    """Load a causal LM and tokenizer in eval mode.
+@dataclass
+class NoLLMTeacher:
+    """Stands in for the LLM teacher when a store is built without LLM features (``none``):
+    every clip gets zero-width features, and a run on the store has no LLM branch."""
+
+    name: str = NONE
+    dim: int = 0
+
+    def extract(self, word_lists: Sequence[Sequence[Mapping]]) -> list[tuple[np.ndarray, ...]]:
+        return [(np.zeros((0, 0), np.float32), np.zeros((0, 2))) for _ in word_lists]
+
+
+def load_llm(
+    name: str = DEFAULT_LLM, device: str = "cpu", dtype: str | None = None
+) -> LLMTeacher | NoLLMTeacher:
+    """Load a causal LM and tokenizer in eval mode (``none``: no LLM features at all).
 
     Default dtype: float16 on CUDA (as the original), float32 on CPU and for ``tiny-random``.
     """
+    if name == NONE:
+        return NoLLMTeacher()
     dev = _torch_device(device)
     if name == TINY:
         model, tokenizer = _seeded(_tiny_llm)

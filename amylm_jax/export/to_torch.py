@@ -159,7 +159,8 @@ def extra_state_dict(
         heads = heads or HeadsConfig()
         kinds = {"wavlm_head": heads.wavlm, "llm_head": heads.llm}
         for name, prefix in HEAD_PREFIXES.items():
-            out.update(head_to_torch(_numpy_tree(gen_params[name]), kinds[name], prefix))
+            if name in gen_params:  # a run without the LLM branch has no llm_head
+                out.update(head_to_torch(_numpy_tree(gen_params[name]), kinds[name], prefix))
     if disc_params is not None:
         disc = disc_to_torch(_numpy_tree(disc_params))
         out.update({DISC_PREFIX + k: v for k, v in disc.items()})

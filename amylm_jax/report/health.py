@@ -60,6 +60,11 @@ def _alphas(config: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _llm_off(config: Mapping[str, Any]) -> bool:
+    dim = _number(_config_value(config, "heads.llm_dim"))
+    return dim is not None and dim <= 0
+
+
 def detect_phase(log: RunLog) -> tuple[str, str]:
     """Training phase and the evidence for it: the config when logged, else the msspec values."""
     adv_only = _config_value(log.config, "loss.adversarial_only")
@@ -150,7 +155,9 @@ def build_report(log: RunLog) -> dict[str, Any]:
         history = [v for _, v in log.epochs.get(name, [])][-TREND_WINDOW:]
         trend[name] = trend_of(history, rule.target, TREND_WINDOW)
         entry: dict[str, Any] = {"value": value, "source": source, "note": note}
-        if value is None:
+        if value is None and name == "llm_epoch" and _llm_off(log.config):
+            entry["status"], entry["note"] = "disabled", "no LLM branch (heads.llm_dim <= 0)"
+        elif value is None:
             entry["status"] = "missing"
         elif disc_off and name in _DISC_METRICS:
             entry["status"], entry["note"] = "disabled", note + "; discriminator not trained"
