@@ -30,7 +30,14 @@ from amylm_jax.config import (
     from_dict,
     migrate_train_config,
 )
-from amylm_jax.state import Models, TrainState, build_models, create_state, init_params
+from amylm_jax.state import (
+    Models,
+    TrainState,
+    build_models,
+    create_state,
+    generator_weights,
+    init_params,
+)
 
 log = logging.getLogger("amylm_jax.checkpoint")
 
@@ -217,7 +224,12 @@ def _dims_from_checkpoint(ckpt: Checkpointer, step: int | None) -> tuple[int, in
     return int(progress["wavlm_dim"]), int(progress["llm_dim"])
 
 
-def load_codec_from_workdir(workdir: paths.PathLike, step: int | None = None):
-    """(CodecConfig, {"params", "codebooks"}) of a run's checkpoint (for the codec tools)."""
+def load_codec_from_workdir(workdir: paths.PathLike, step: int | None = None, ema: bool = False):
+    """(CodecConfig, {"params", "codebooks"}) of a run's checkpoint (for the codec tools);
+    ``ema`` takes the moving average of the weights (the codebooks are the run's own)."""
     cfg, state = restore_run_state(workdir, step)
-    return cfg.codec, {"params": state.gen_params["codec"], "codebooks": state.codebooks}
+    try:
+        params = generator_weights(state, ema)["codec"]
+    except ValueError as err:
+        raise CheckpointError(f"{workdir}: {err}") from None
+    return cfg.codec, {"params": params, "codebooks": state.codebooks}

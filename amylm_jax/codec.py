@@ -92,12 +92,15 @@ def load_codec(
     num_codebooks: int | None = None,
     config: CodecConfig | None = None,
     seed: int = 0,
+    ema: bool = False,
 ) -> LoadedCodec:
     """Build a :class:`LoadedCodec` from a weights file, ``"random"`` or a training workdir."""
     if (weights is None) == (checkpoint is None):
         raise CodecCLIError("pass exactly one of --weights=FILE|random or --checkpoint=WORKDIR")
+    if ema and checkpoint is None:
+        raise CodecCLIError("--ema takes the moving average kept by a run: pass --checkpoint")
     if checkpoint is not None:
-        cfg, variables = load_codec_from_workdir(checkpoint, step=step)
+        cfg, variables = load_codec_from_workdir(checkpoint, step=step, ema=ema)
         if num_codebooks:  # default: the count the run trained
             cfg = _with_num_codebooks(cfg, num_codebooks)
         return LoadedCodec(cfg, variables)
@@ -259,6 +262,9 @@ flags.DEFINE_string(
     flag_values=FLAGS,
 )  # fmt: skip
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "ema", False, "--checkpoint: use the run's moving average of the weights.", flag_values=FLAGS
+)
 flags.DEFINE_integer(
     "num_codebooks",
     None,
@@ -288,7 +294,11 @@ def _main(args: list[str]) -> int:
     if command == "swap" and not (FLAGS.content and FLAGS.voice):
         raise cli.UsageError("swap needs --content=FILE and --voice=FILE")
     codec = load_codec(
-        FLAGS.weights, FLAGS.checkpoint, FLAGS.step, num_codebooks=FLAGS.num_codebooks
+        FLAGS.weights,
+        FLAGS.checkpoint,
+        FLAGS.step,
+        num_codebooks=FLAGS.num_codebooks,
+        ema=FLAGS.ema,
     )
     if command == "encode":
         codes = encode_file(codec, files[0], files[1], FLAGS.num_codebooks)

@@ -303,8 +303,15 @@ class OptimConfig:
     decay_steps: int = 0
     decay_rate: float = 1.0
     final_lr_ratio: float = 0.0
+    # Exponential moving average of the generator's weights (codec + heads), updated after
+    # every step: ema <- ema_decay * ema + (1 - ema_decay) * params. 0 = none (the original);
+    # Mimi and EnCodec keep one with 0.99. ``ema_eval`` validates with the averaged weights.
+    ema_decay: float = 0.0
+    ema_eval: bool = True
 
     def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optim.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine", "exponential"):

@@ -38,6 +38,8 @@ class TrainState:
     opt_g: PyTree
     opt_d: PyTree
     rng: jax.Array
+    # Moving average of gen_params (same tree) when optim.ema_decay > 0, else None.
+    ema_params: PyTree = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +253,43 @@ def create_state(
         opt_g=models.tx_g.init(gen_params),
         opt_d=models.tx_d.init(disc_params),
         rng=key,
+        ema_params=_copy_tree(gen_params) if models.cfg.optim.ema_decay > 0 else None,
     )
+
+
+def _copy_tree(tree: PyTree) -> PyTree:
+    # A distinct buffer per leaf: the train step donates the state, and a leaf shared by
+    # two fields would be donated twice.
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def ema_update(ema: PyTree, params: PyTree, decay: float) -> PyTree:
+    """``decay * ema + (1 - decay) * params`` leaf by leaf (in the parameters' dtype)."""
+    return jax.tree_util.tree_map(
+        lambda e, p: (decay * e + (1.0 - decay) * p).astype(p.dtype), ema, params
+    )
+
+
+def generator_weights(state: TrainState, ema: bool = False) -> PyTree:
+    """A run's generator weights: the raw ones, or with ``ema`` their moving average (an error
+    naming the setting when the run kept none)."""
+    if not ema:
+        return state.gen_params
+    if state.ema_params is None:
+        raise ValueError(
+            "this run keeps no moving average of its weights (optim.ema_decay = 0): "
+            "leave out --ema, or train with --config.optim.ema_decay=0.99"
+        )
+    return state.ema_params
+
+
+def eval_params(state: TrainState, cfg: TrainConfig, ema: bool | None = None) -> PyTree:
+    """The generator weights to evaluate: the moving average when the run keeps one and
+    ``ema`` (default ``optim.ema_eval``) asks for it, else the raw weights."""
+    use = cfg.optim.ema_eval if ema is None else ema
+    if use and state.ema_params is not None:
+        return state.ema_params
+    return state.gen_params
 
 
 def count_params(tree: PyTree) -> int:

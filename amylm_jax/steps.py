@@ -33,7 +33,14 @@ from amylm_jax.losses import adversarial as adv_losses
 from amylm_jax.losses.distill import distill_loss, layer_norm
 from amylm_jax.losses.spectral import MelLossConfig, msspec_loss
 from amylm_jax.models.amy_codec import AmyCodec
-from amylm_jax.state import Models, TrainState, lr_schedule, rvq_learning_rate
+from amylm_jax.state import (
+    Models,
+    TrainState,
+    ema_update,
+    eval_params,
+    lr_schedule,
+    rvq_learning_rate,
+)
 
 sg = jax.lax.stop_gradient
 Batch = dict[str, jax.Array]
@@ -384,6 +391,9 @@ def _combine(models: Models, state: TrainState, batch: Batch, shared: bool):
     if disc.grads is not None:
         finite.append(jnp.isfinite(optax.global_norm(disc.grads)))
     ok = jnp.all(jnp.stack(finite))
+    ema = state.ema_params
+    if ema is not None:
+        ema = ema_update(ema, gen.params, models.cfg.optim.ema_decay)
     new = state.replace(
         step=state.step + 1,
         gen_params=gen.params,
@@ -391,6 +401,7 @@ def _combine(models: Models, state: TrainState, batch: Batch, shared: bool):
         disc_params=disc.params,
         opt_g=gen.opt_state,
         opt_d=disc.opt_state,
+        ema_params=ema,
     )
     keep = state.replace(step=state.step + 1)
     new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, keep)
@@ -426,13 +437,14 @@ def _metrics(
 
 
 def eval_step(models: Models, state: TrainState, batch: Batch) -> tuple[Metrics, jax.Array]:
-    """Validation losses in eval mode (no codebook update), weighted by ``batch["weight"]``.
+    """Validation losses in eval mode (no codebook update), weighted by ``batch["weight"]``,
+    with the moving average of the weights when the run keeps one (``optim.ema_eval``).
 
     Returns sums of per-example losses times weight (the host divides by the weight total)
     and the reconstructed audio ``[B, N]`` (decode of all codebooks).
     """
     lc = models.cfg.loss
-    gp = state.gen_params
+    gp = eval_params(state, models.cfg)  # the moving average when the run keeps one
     variables = {"params": gp["codec"], "codebooks": state.codebooks}
     real, w = batch["audio"], batch["weight"]
     out = models.codec.apply(variables, real, train=False)

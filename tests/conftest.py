@@ -75,6 +75,8 @@ def _build_demo_checkpoint(workdir: Path) -> None:
     # The tests run on 8 virtual devices and the global batch is split over all of them.
     config.data.batch_size = 8
     config.data.segment_seconds = 0.64  # 8 frames; about the demo's 4 x 1 s of audio per step
+    # A weight average too, so the tools' --ema paths have one to read (training is unchanged).
+    config.optim.ema_decay = 0.9
     train.train_and_evaluate(config_from_dict(config), str(workdir))
 
 

@@ -278,6 +278,35 @@ def test_heads_and_discriminator_round_trip(run, exported):
     _assert_tree_equal(extra["disc"], state.disc_params)
 
 
+def test_ema_weights_export_and_load(run, tmp_path):
+    """The demo run keeps a weight average: ``--ema`` exports and loads it, the default stays
+    the raw weights, and a run without an average says so."""
+    from amylm_jax.checkpoint import load_codec_from_workdir
+
+    workdir, cfg, state = run
+    assert cfg.optim.ema_decay == 0.9 and state.ema_params is not None
+    gaps = jax.tree_util.tree_map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+        state.ema_params["codec"],
+        state.gen_params["codec"],
+    )
+    assert max(jax.tree_util.tree_leaves(gaps)) > 0  # the average lags the trained weights
+    assert T.main([f"--workdir={workdir}", f"--out={tmp_path / 'e.safetensors'}", "--ema",
+                   "--with_heads"]) == 0  # fmt: skip
+    assert T.read_metadata(tmp_path / "e.safetensors")["weights"] == "ema"
+    variables = T.import_torch(tmp_path / "e.safetensors", "amy", cfg.codec)
+    _assert_tree_equal(variables["params"], state.ema_params["codec"])
+    _assert_tree_equal(T.import_extra(tmp_path / "e.extra.safetensors")["wavlm_head"],
+                       state.ema_params["wavlm_head"])  # fmt: skip
+    _, loaded = load_codec_from_workdir(workdir, ema=True)
+    _assert_tree_equal(loaded["params"], state.ema_params["codec"])
+    _, raw = load_codec_from_workdir(workdir)
+    _assert_tree_equal(raw["params"], state.gen_params["codec"])
+    with pytest.raises(T.ExportError, match="no moving average.*optim.ema_decay"):
+        T.export_state(cfg, state.replace(ema_params=None), tmp_path / "x.safetensors", 2,
+                       ema=True)  # fmt: skip
+
+
 # ------------------------------------------------------------------------------- errors
 def test_workdir_without_checkpoints(tmp_path, capsys):
     with pytest.raises(T.ExportError, match="no checkpoints"):

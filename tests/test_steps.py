@@ -137,6 +137,37 @@ def test_llm_branch_off_is_the_step_with_no_llm_term():
     assert resolve_llm_dim(dataclasses.replace(base, heads=HeadsConfig(llm_dim=-1)), DL) == 0
 
 
+def test_weight_average_follows_the_trained_weights(setup):
+    """``optim.ema_decay``: after each step ``ema = d * ema + (1 - d) * params``, starting
+    from the initial weights; the raw weights train exactly as without it."""
+    from amylm_jax.config import OptimConfig
+    from amylm_jax.state import eval_params, generator_weights
+
+    models, state, batch = setup
+    cfg = dataclasses.replace(models.cfg, optim=OptimConfig(ema_decay=0.9))
+    m_e, s0 = make(cfg)
+    assert _max_diff(s0.ema_params, s0.gen_params) == 0.0
+    step = jax.jit(functools.partial(train_step, m_e))
+    s1, _ = step(s0, batch)
+    s2, _ = step(s1, make_batch(seed=1))
+    for before, after in ((s0, s1), (s1, s2)):
+        want = jax.tree_util.tree_map(
+            lambda e, p: 0.9 * np.asarray(e, np.float64) + 0.1 * np.asarray(p, np.float64),
+            before.ema_params,
+            after.gen_params,
+        )
+        assert _max_diff(after.ema_params, want) < 1e-6
+    raw, _ = jax.jit(functools.partial(train_step, models))(state, batch)
+    assert _max_diff(s1.gen_params, raw.gen_params) < 1e-6
+    assert eval_params(s2, cfg) is s2.ema_params
+    no_eval = dataclasses.replace(cfg, optim=OptimConfig(ema_decay=0.9, ema_eval=False))
+    assert eval_params(s2, no_eval) is s2.gen_params
+    assert generator_weights(s2, ema=True) is s2.ema_params
+    assert state.ema_params is None and eval_params(state, models.cfg) is state.gen_params
+    with pytest.raises(ValueError, match="no moving average"):
+        generator_weights(state, ema=True)
+
+
 def test_nonfinite_batch_leaves_state_unchanged(setup):
     models, state, batch = setup
     bad = dict(batch, audio=np.full_like(batch["audio"], np.nan))

@@ -48,6 +48,7 @@ from amylm_jax.evaluate.metrics import METRICS
 from amylm_jax.evaluate.output import _finite, format_table, write_tensorboard
 from amylm_jax.metrics import codebook_usage
 from amylm_jax.models.amy_codec import AmyCodec
+from amylm_jax.state import generator_weights
 
 log = logging.getLogger("amylm_jax.evaluate")
 
@@ -161,6 +162,7 @@ def evaluate(
     out: str | None = None,
     tensorboard: bool = True,
     bucket_frames: int = 8,
+    ema: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one checkpoint of ``workdir``; returns (and writes) the result dict.
 
@@ -182,7 +184,11 @@ def evaluate(
     codec_cfg = cfg.codec
     q = codec_cfg.quantizer
     frame = codec_cfg.frame_size
-    variables = jax.device_put({"params": state.gen_params["codec"], "codebooks": state.codebooks})
+    try:
+        params = generator_weights(state, ema)["codec"]
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+    variables = jax.device_put({"params": params, "codebooks": state.codebooks})
     enc, dec = _codec_fns(codec_cfg)
     variants = decode_variants(q.num_codebooks)
     log.info("evaluating %s step %d on %d of %d validation clips", workdir, step, len(val), n_val)
@@ -348,6 +354,10 @@ flags.DEFINE_integer("bucket_frames", 8, "Pad clips to multiples of N frames.", 
 flags.DEFINE_bool(
     "tensorboard", True, "Write the scalars to WORKDIR/tensorboard.", flag_values=FLAGS
 )
+flags.DEFINE_bool(
+    "ema", False, "Evaluate the moving average of the weights (optim.ema_decay > 0).",
+    flag_values=FLAGS,
+)  # fmt: skip
 
 
 def _main(args: list[str]) -> int:
@@ -366,6 +376,7 @@ def _main(args: list[str]) -> int:
         out=FLAGS.out,
         tensorboard=FLAGS.tensorboard,
         bucket_frames=FLAGS.bucket_frames,
+        ema=FLAGS.ema,
     )
     print(format_table(result))
     if "skipped" in result["wer"]:

@@ -52,6 +52,7 @@ from amylm_jax.export.from_torch import (
     torch_to_flax,
 )
 from amylm_jax.models.heads import head_from_torch, head_to_torch
+from amylm_jax.state import generator_weights
 
 log = logging.getLogger("amylm_jax.export")
 
@@ -260,13 +261,22 @@ def export_run(
     layout: str = "amy",
     with_heads: bool = False,
     with_discriminator: bool = False,
+    ema: bool = False,
 ) -> ExportResult:
-    """Export a run's checkpoint (latest or ``step``) to PyTorch safetensors files."""
+    """Export a run's checkpoint (latest or ``step``) to PyTorch safetensors files; ``ema``
+    exports the moving average of the generator's weights instead of the raw ones."""
     _check_layout(layout)
     step = checkpoint_step(workdir, step)
     cfg, state = restore_run_state(workdir, step)
     return export_state(
-        cfg, state, out, step, layout, with_heads=with_heads, with_discriminator=with_discriminator
+        cfg,
+        state,
+        out,
+        step,
+        layout,
+        with_heads=with_heads,
+        with_discriminator=with_discriminator,
+        ema=ema,
     )
 
 
@@ -278,12 +288,17 @@ def export_state(
     layout: str = "amy",
     with_heads: bool = False,
     with_discriminator: bool = False,
+    ema: bool = False,
 ) -> ExportResult:
     """Write the files of :func:`export_run` from an in-memory ``(TrainConfig, TrainState)``."""
     _check_layout(layout)
     codec_path, json_path, extra_path = file_paths(out)
+    try:
+        gen_params = generator_weights(state, ema)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     variables = {
-        "params": _numpy_tree(state.gen_params["codec"]),
+        "params": _numpy_tree(gen_params["codec"]),
         "codebooks": _numpy_tree(state.codebooks),
     }
     warnings: list[str] = []
@@ -292,7 +307,12 @@ def export_state(
     for message in warnings:
         log.warning(message)
     tensors = codec_state_dict(variables, cfg.codec, layout)
-    meta = {"layout": layout, "step": str(step), "codec_config": _codec_json(cfg.codec)}
+    meta = {
+        "layout": layout,
+        "step": str(step),
+        "weights": "ema" if ema else "raw",
+        "codec_config": _codec_json(cfg.codec),
+    }
     _save(codec_path, tensors, meta)
     written_json = None
     if layout == "transformers":
@@ -301,11 +321,11 @@ def export_state(
     written_extra = None
     if with_heads or with_discriminator:
         extra = extra_state_dict(
-            state.gen_params if with_heads else None,
+            gen_params if with_heads else None,
             cfg.heads,
             state.disc_params if with_discriminator else None,
         )
-        extra_meta = {"step": str(step)}
+        extra_meta = {"step": str(step), "weights": "ema" if ema else "raw"}
         if with_heads:
             extra_meta["heads"] = json.dumps(dataclasses.asdict(cfg.heads))
         if with_discriminator:
@@ -338,6 +358,12 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
     "with_discriminator", False, "Write discriminator.* to the extra file.", flag_values=FLAGS
 )
+flags.DEFINE_bool(
+    "ema",
+    False,
+    "Export the moving average of the generator's weights (runs with optim.ema_decay > 0).",
+    flag_values=FLAGS,
+)
 
 
 def _main(args: list[str]) -> int:
@@ -352,6 +378,7 @@ def _main(args: list[str]) -> int:
         layout=FLAGS.layout,
         with_heads=FLAGS.with_heads,
         with_discriminator=FLAGS.with_discriminator,
+        ema=FLAGS.ema,
     )
     for message in result.warnings:
         print(f"WARNING: {message}", file=sys.stderr)
