@@ -430,6 +430,12 @@ class TrainConfig:
     frozen: tuple[str, ...] = FROZEN_ENCODER
     # §10.3 "semantic_prosody_only": rvq_rest codebooks in eval mode (no EMA / expiry).
     train_rest_codebooks: bool = True
+    # Quantizer dropout: this fraction of the training examples is decoded from codebooks 0-1
+    # plus a uniformly drawn number (0 .. all) of the acoustic codebooks (DAC, Mimi).
+    quantizer_dropout: float = 0.0
+    # Quantization bypass: this fraction of the training examples sends the unquantized latent
+    # to the decoder (Mimi: 0.5). Validation always decodes every codebook.
+    quantizer_bypass: float = 0.0
     seed: int = 42
     # Budget: max_steps > 0 stops after that many steps; else num_epochs epochs.
     max_steps: int = 0
@@ -451,6 +457,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        for name in ("quantizer_dropout", "quantizer_bypass"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def default_loss_weights() -> dict[str, float]:

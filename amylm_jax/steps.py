@@ -67,6 +67,34 @@ def _codec_params(models: Models, gen_params: Any) -> Any:
     return {k: cut(v, k) for k, v in gen_params["codec"].items()}
 
 
+# Tag of the training-trick key, folded into the step key: the quantizer's own draws (k-means,
+# dead codes) split the step key itself and stay as they are.
+_TRICKS_TAG = 0x51D
+
+
+def quantizer_tricks(
+    cfg: Any, key: jax.Array, batch_size: int
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """This step's ``(rest_keep [B] int32, bypass [B] bool)`` (None where the trick is off).
+
+    With ``quantizer_dropout = p`` each example, with probability p, keeps a number of
+    acoustic codebooks drawn uniformly from ``0 .. active_rest`` (else all of them); with
+    ``quantizer_bypass = p`` each example, with probability p, bypasses the quantizer.
+    """
+    if cfg.quantizer_dropout <= 0 and cfg.quantizer_bypass <= 0:
+        return None, None
+    k_drop, k_count, k_bypass = jax.random.split(jax.random.fold_in(key, _TRICKS_TAG), 3)
+    keep = bypass = None
+    if cfg.quantizer_dropout > 0:
+        n_rest = cfg.codec.quantizer.active_rest
+        count = jax.random.randint(k_count, (batch_size,), 0, n_rest + 1)
+        dropped = jax.random.bernoulli(k_drop, cfg.quantizer_dropout, (batch_size,))
+        keep = jnp.where(dropped, count, n_rest).astype(jnp.int32)
+    if cfg.quantizer_bypass > 0:
+        bypass = jax.random.bernoulli(k_bypass, cfg.quantizer_bypass, (batch_size,))
+    return keep, bypass
+
+
 def generator_forward(
     models: Models, gen_params: Any, codebooks: Any, batch: Batch, key: jax.Array
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any, Metrics]]:
@@ -82,6 +110,7 @@ def generator_forward(
     if set(FROZEN_ENCODER) <= set(cfg.frozen):
         # Frozen encoder side: no gradient, so no saved activations for a backward.
         frames25 = sg(models.codec.apply(variables, audio, method=AmyCodec.encode_frames25))
+    rest_keep, bypass = quantizer_tricks(cfg, key, audio.shape[0])
     out, updated = models.codec.apply(
         variables,
         audio,
@@ -90,10 +119,17 @@ def generator_forward(
         frames25=frames25,
         mutable=["codebooks"],
         rng=key,
+        rest_keep=rest_keep,
+        bypass=bypass,
     )
     new_codebooks = updated["codebooks"]
     wavlm, llm = distill_losses(models, gen_params, cp, codebooks, new_codebooks, out, batch)
-    return out.audio, (wavlm, llm, new_codebooks, out.quantized.metrics)
+    qmetrics = dict(out.quantized.metrics)
+    if rest_keep is not None:  # codebooks the decoder saw, mean over the batch
+        qmetrics["decoded"] = jnp.mean(rest_keep + cfg.codec.quantizer.n_q_first, dtype=jnp.float32)
+    if bypass is not None:
+        qmetrics["bypassed"] = jnp.mean(bypass, dtype=jnp.float32)
+    return out.audio, (wavlm, llm, new_codebooks, qmetrics)
 
 
 def distill_losses(

@@ -218,3 +218,28 @@ def test_no_active_rest_codebooks():
         variables["codebooks"]["rvq_rest"],
     )
     assert model.apply(variables, emb, method=SplitResidualVQ.encode).shape == (B, 2, T)
+
+
+def test_quantizer_dropout_keeps_a_prefix_of_the_acoustic_codebooks():
+    """``rest_keep[b]``: example b's output is codebooks 0-1 plus its first rest_keep[b]
+    acoustic codebooks; codes, codebook updates and metrics are the full quantizer's."""
+    model = SplitResidualVQ(CFG)
+    variables, emb = random_variables(model, seed=6)
+    keep = jnp.array([0, 2])  # CFG has 2 active acoustic codebooks
+    out = model.apply(variables, emb, train=False, rest_keep=keep)
+    full = model.apply(variables, emb, train=False)
+    np.testing.assert_array_equal(out.codes, full.codes)
+    for b, k in enumerate([0, 2]):
+        want = model.apply(variables, full.codes[b : b + 1, : 2 + k], method=SplitResidualVQ.decode)
+        np.testing.assert_allclose(out.x[b : b + 1], want, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(out.x[0] - full.x[0])).max() > 1e-3  # the dropped ones mattered
+
+    def train(rest_keep):
+        return model.apply(variables, emb, train=True, rng=jax.random.key(1),
+                           mutable=["codebooks"], rest_keep=rest_keep)  # fmt: skip
+
+    (a, upd_a), (f, upd_f) = train(keep), train(None)
+    np.testing.assert_array_equal(a.codes, f.codes)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, upd_a, upd_f)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a.metrics, f.metrics)
+    np.testing.assert_allclose(a.x[1], f.x[1], rtol=1e-6, atol=1e-6)  # keeps all: unchanged

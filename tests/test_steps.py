@@ -168,6 +168,45 @@ def test_weight_average_follows_the_trained_weights(setup):
         generator_weights(state, ema=True)
 
 
+def test_quantizer_dropout_and_bypass_draws():
+    """Per example: with probability p a uniform count 0..all of acoustic codebooks (else all),
+    and independently the bypass with probability q; off gives None (the unchanged step)."""
+    from amylm_jax.steps import quantizer_tricks
+
+    base = TrainConfig(codec=tiny_codec_config(), disc=SMALL_DISC)
+    assert quantizer_tricks(base, jax.random.key(0), 4) == (None, None)
+    cfg = dataclasses.replace(base, quantizer_dropout=0.6, quantizer_bypass=0.3)
+    n = 60000
+    keep, bypass = quantizer_tricks(cfg, jax.random.key(0), n)
+    n_rest = cfg.codec.quantizer.active_rest  # 2: counts 0, 1, 2
+    freq = np.bincount(np.asarray(keep), minlength=n_rest + 1) / n
+    want = np.full(n_rest + 1, 0.6 / (n_rest + 1))
+    want[-1] += 0.4
+    sigma = np.sqrt(want * (1 - want) / n)
+    assert np.all(np.abs(freq - want) < 5 * sigma), (freq, want)
+    assert abs(float(np.mean(bypass)) - 0.3) < 5 * np.sqrt(0.3 * 0.7 / n)
+    # independent of each other
+    joint = float(np.mean(np.asarray(bypass) & (np.asarray(keep) == 0)))
+    assert abs(joint - 0.3 * want[0]) < 5 * np.sqrt(0.3 * want[0] / n)
+    again = quantizer_tricks(cfg, jax.random.key(0), n)
+    np.testing.assert_array_equal(again[0], keep)  # the step key decides
+
+
+def test_step_with_quantizer_dropout_and_bypass(setup):
+    """The tricks change the decoded audio, never the codes or codebook updates; the step
+    logs the codebooks the decoder saw and the bypassed fraction."""
+    models, state, batch = setup
+    cfg = dataclasses.replace(models.cfg, quantizer_dropout=1.0, quantizer_bypass=0.5)
+    m = build_models(cfg, DW, DL)
+    new, met = jax.jit(functools.partial(train_step, m))(state, batch)
+    ref, met_ref = jax.jit(functools.partial(train_step, models))(state, batch)
+    assert 2.0 <= float(met["train/codebook/decoded"]) <= 4.0
+    assert float(met["train/codebook/bypassed"]) in (0.0, 0.5, 1.0)
+    assert "train/codebook/decoded" not in met_ref
+    assert _max_diff(new.codebooks, ref.codebooks) < 1e-6
+    assert float(met["train/msspec"]) != float(met_ref["train/msspec"])
+
+
 def test_nonfinite_batch_leaves_state_unchanged(setup):
     models, state, batch = setup
     bad = dict(batch, audio=np.full_like(batch["audio"], np.nan))

@@ -132,6 +132,8 @@ class AmyCodec(nn.Module):
         train_rest: bool = True,
         frames25: jax.Array | None = None,
         rng: jax.Array | None = None,
+        rest_keep: jax.Array | None = None,
+        bypass: jax.Array | None = None,
     ) -> CodecOutput:
         """Training (or eval-mode) forward; output audio trimmed to the input length.
 
@@ -139,13 +141,28 @@ class AmyCodec(nn.Module):
         output so the frozen encoder is not differentiated. ``rng`` is the quantizer's key for
         this call (k-means and dead-code draws, split as ``SplitResidualVQ`` documents); without
         it a training call draws from the ``quantizer`` RNG stream.
+
+        Training tricks: ``rest_keep`` ``[B]`` decodes each example from codebooks 0-1 and its
+        first ``rest_keep[b]`` acoustic codebooks (quantizer dropout); ``bypass`` ``[B]`` bool
+        sends the unquantized latent to the decoder for the marked examples. Codes, codebook
+        updates and the distillation latents are unchanged by both.
         """
         n = audio_BxN.shape[-1]
         if frames25 is None:
             frames25 = self.encode_frames25(audio_BxN)
         emb = self.downsample(frames25)
-        quantized = self.quantizer(emb, train=train, train_rest=train_rest, rng=rng)
-        audio = self.decode_latent(quantized.x)
+        quantized = self.quantizer(
+            emb, train=train, train_rest=train_rest, rng=rng, rest_keep=rest_keep
+        )
+        latent = quantized.x
+        if bypass is not None:
+            if emb.shape[-1] != latent.shape[-1]:
+                raise ValueError(
+                    f"the quantization bypass needs the quantizer's input and output dimensions "
+                    f"equal, got {emb.shape[-1]} and {latent.shape[-1]}"
+                )
+            latent = jnp.where(bypass[:, None, None], emb.astype(latent.dtype), latent)
+        audio = self.decode_latent(latent)
         return CodecOutput(audio=audio[:, :n], quantized=quantized, latent=emb)
 
 

@@ -169,12 +169,23 @@ class ResidualVQ(nn.Module):
             z = self.input_proj(jnp.zeros((1, emb.shape[-1]), emb.dtype))
             self.output_proj(z)
 
-    def __call__(self, emb: jax.Array, *, train: bool, rng: jax.Array | None = None) -> RVQOutput:
+    def __call__(
+        self,
+        emb: jax.Array,
+        *,
+        train: bool,
+        rng: jax.Array | None = None,
+        keep: jax.Array | None = None,
+    ) -> RVQOutput:
         """Quantise ``emb`` ``[B, T, input_dimension]`` (docs/original.md §3.7).
 
         In training mode the active, non-frozen codebooks update their buffers (requires the
         ``codebooks`` collection to be mutable) and draw randomness from ``rng`` or, if None,
         from the ``quantizer`` RNG stream; slot ``l`` uses ``jax.random.split(rng, n_q)[l]``.
+
+        ``keep`` ``[B]`` (quantizer dropout) sums only the first ``keep[b]`` slots into example
+        ``b``'s output; every slot still quantises (and learns from) the full residual, so the
+        codes, codebook updates and metrics are those of the full quantizer.
         """
         self._touch_all(emb)
         b, t, _ = emb.shape
@@ -208,6 +219,8 @@ class ResidualVQ(nn.Module):
             if train:
                 commits.append(jnp.mean(jnp.square(residual - q_l)))
             residual = residual - q_l
+            if keep is not None:
+                q_l = q_l * jnp.repeat(l < keep, t)[:, None].astype(q_l.dtype)
             q_sum = q_sum + q_l
             codes.append(step.codes.reshape(b, t))
             g = l + self.codebook_offset
@@ -282,12 +295,15 @@ class SplitResidualVQ(nn.Module):
         train: bool,
         train_rest: bool = True,
         rng: jax.Array | None = None,
+        rest_keep: jax.Array | None = None,
     ) -> SplitRVQOutput:
         """Quantise ``emb`` ``[B, T, input_dimension]`` with both sub-quantizers.
 
         ``train_rest=False`` runs ``rvq_rest`` in eval mode inside a training call (no
         buffer updates, no STE, zero penalty), as the ``semantic_prosody_only`` phase of
         docs/original.md §10.3. ``rng`` (else the ``quantizer`` stream) is split into (first, rest).
+        ``rest_keep`` ``[B]``: acoustic codebooks summed into each example's output (quantizer
+        dropout; codebooks 0 and 1 are always kept).
         """
         key_first = key_rest = None
         if train and not self.is_initializing():
@@ -295,7 +311,7 @@ class SplitResidualVQ(nn.Module):
                 rng = self.make_rng("quantizer")
             key_first, key_rest = jax.random.split(rng)
         first = self.rvq_first(emb, train=train, rng=key_first)
-        rest = self.rvq_rest(emb, train=train and train_rest, rng=key_rest)
+        rest = self.rvq_rest(emb, train=train and train_rest, rng=key_rest, keep=rest_keep)
         return SplitRVQOutput(first=first, rest=rest)
 
     def encode(self, emb: jax.Array) -> jax.Array:
