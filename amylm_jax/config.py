@@ -444,6 +444,12 @@ class TrainConfig:
     eval_every_steps: int = 0  # 0 = at the end of every epoch
     eval_max_batches: int = 0  # 0 = the whole validation split
     num_eval_audio: int = 3
+    # Periodic objective evaluation: every N steps (0 = never) the first `objective_eval_clips`
+    # validation clips are encoded and decoded at full length and scored as `evaluate` scores
+    # them (SI-SDR, mel and STFT distance, STOI/PESQ when installed, codebook usage and
+    # entropy); the means go to the metric writers as `eval/<variant>/<metric>`.
+    objective_eval_every_steps: int = 0
+    objective_eval_clips: int = 4
     log_every_steps: int = 1
     precision: str = "fp32"  # "fp32" or "bf16" (compute dtype of convs/matmuls)
     remat: bool = False

@@ -51,7 +51,14 @@ from amylm_jax.sharding import (
     replicated,
     state_shardings,
 )
-from amylm_jax.state import Models, TrainState, build_models, create_state, init_params
+from amylm_jax.state import (
+    Models,
+    TrainState,
+    build_models,
+    create_state,
+    eval_params,
+    init_params,
+)
 from amylm_jax.steps import eval_step, train_step, train_step_reference
 
 log = logging.getLogger("amylm_jax.train")
@@ -136,8 +143,8 @@ def initial_state(models: Models) -> TrainState:
 #: loading workers and where it started from. Everything else defines the run.
 RESUMABLE_CHANGES = (
     "max_steps", "num_epochs", "eval_every_steps", "eval_max_batches", "num_eval_audio",
-    "log_every_steps", "tensorboard", "wandb_project", "checkpoint.", "init.",
-    "data.worker_count", "mesh",
+    "objective_eval_every_steps", "objective_eval_clips", "log_every_steps", "tensorboard",
+    "wandb_project", "checkpoint.", "init.", "data.worker_count", "mesh",
 )  # fmt: skip
 
 
@@ -297,6 +304,9 @@ def _loop(run: _Run, state, step_fn, data, ckpt, store, start, bsh, rep, shardin
             _end_epoch(run, step)
         if eval_due:
             _evaluate(run, state, store, step, bsh, rep, shardings)
+        every = cfg.objective_eval_every_steps
+        if every and (step % every == 0 or step == run.total_steps):
+            _objective_eval(run, state, store, step)
         if ckpt_due:
             progress = {
                 "step": step,
@@ -401,6 +411,40 @@ def _evaluate(run: _Run, state, store, step: int, bsh, rep, shardings) -> None:
     record = {k: v / weight for k, v in totals.items()}
     record.update(codebook_usage(jax.device_get(state.codebooks), cfg))
     run.writer.write(step, record, epoch=(step - 1) // run.steps_per_epoch)
+
+
+def _objective_eval(run: _Run, state, store, step: int) -> None:
+    """Score the first validation clips at full length with `evaluate`'s metrics."""
+    from amylm_jax.evaluate.run import score_clips  # librosa/pesq side: only when asked
+
+    cfg = run.cfg
+    _, val = pipeline.split_clips(store, cfg.data)
+    val = val[: max(cfg.objective_eval_clips, 0)]
+    if len(val) == 0:
+        log.warning("objective evaluation skipped at step %d: no validation clips", step)
+        return
+    # Every process takes part in the gather; process 0 scores.
+    local = {"params": eval_params(state, cfg)["codec"], "codebooks": state.codebooks}
+    variables = multihost_utils.process_allgather(local, tiled=True)
+    if not run.is_main:
+        return
+    t0 = time.perf_counter()
+    scores = score_clips(cfg, variables, store, val)
+    record: dict[str, float] = {}
+    for name, summary in scores["variants"].items():
+        for metric in ("si_sdr", "mel_distance", "stft_distance", "stoi", "pesq"):
+            value = summary.get(metric)
+            if value is not None:
+                record[f"eval/{name}/{metric}"] = float(value)
+    for book in scores["codebooks"]:
+        record[f"eval/codebook/usage_{book['index']}"] = book["usage"]
+        record[f"eval/codebook/entropy_{book['index']}"] = book["entropy"]
+    run.writer.write(step, record, epoch=(step - 1) // run.steps_per_epoch)
+    log.info(
+        "objective evaluation at step %d on %d clips (%.1f s): SI-SDR %s dB, mel distance %s",
+        step, len(val), time.perf_counter() - t0,
+        record.get("eval/all/si_sdr"), record.get("eval/all/mel_distance"),
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- entry point

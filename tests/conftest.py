@@ -77,6 +77,8 @@ def _build_demo_checkpoint(workdir: Path) -> None:
     config.data.segment_seconds = 0.64  # 8 frames; about the demo's 4 x 1 s of audio per step
     # A weight average too, so the tools' --ema paths have one to read (training is unchanged).
     config.optim.ema_decay = 0.9
+    config.objective_eval_every_steps = 2  # and the periodic objective evaluation
+    config.objective_eval_clips = 2
     train.train_and_evaluate(config_from_dict(config), str(workdir))
 
 

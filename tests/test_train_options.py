@@ -91,6 +91,35 @@ def test_tensorboard_has_the_training_tags(demo_checkpoint):
     np.testing.assert_allclose(scalars["train/loss_g_step"][1], step1["train/loss_g_step"], 1e-6)
 
 
+def test_objective_evaluation_is_logged_during_training(demo_checkpoint):
+    """The demo run scores 2 validation clips at step 2 (``objective_eval_every_steps``): the
+    logged means are `evaluate`'s scores of the checkpoint's averaged weights."""
+    from amylm_jax.checkpoint import restore_run_state
+    from amylm_jax.data.demo import resolve_store
+    from amylm_jax.data.pipeline import split_clips
+    from amylm_jax.data.store import open_store
+    from amylm_jax.evaluate.run import score_clips
+
+    records = [json.loads(x) for x in (demo_checkpoint / "metrics.jsonl").read_text().splitlines()]
+    logged = next(r for r in records if "eval/all/si_sdr" in r)
+    assert logged["step"] == 2
+    for key in ("eval/all/mel_distance", "eval/cb0/stft_distance", "eval/codebook/entropy_0"):
+        assert np.isfinite(logged[key]), key
+    cfg, state = restore_run_state(str(demo_checkpoint))
+    store = open_store(resolve_store(cfg.data.store))
+    _, val = split_clips(store, cfg.data)
+    variables = {"params": state.ema_params["codec"], "codebooks": state.codebooks}
+    scores = score_clips(cfg, variables, store, val[:2])
+    for name in ("all", "cb0_1", "cb0"):
+        for metric in ("si_sdr", "mel_distance", "stft_distance"):
+            np.testing.assert_allclose(
+                logged[f"eval/{name}/{metric}"], scores["variants"][name][metric], rtol=1e-4
+            )
+    assert logged["eval/codebook/usage_0"] == scores["codebooks"][0]["usage"]
+    scalars = tensorboard_scalars(demo_checkpoint / "tensorboard")
+    assert set(scalars["eval/all/si_sdr"]) == {2}
+
+
 def test_wandb_offline_run_holds_the_records(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -152,46 +152,27 @@ def _variant_summary(per_clip: list[dict], name: str, n_clips: int) -> dict[str,
     return out
 
 
-def evaluate(
-    workdir: str,
-    step: int | None = None,
-    store: str | None = None,
-    max_clips: int | None = None,
+def score_clips(
+    cfg: Any,
+    variables: Any,
+    st: Any,
+    val: Sequence[int],
+    *,
     transcriber: Transcriber | None = None,
     asr_name: str | None = None,
-    out: str | None = None,
-    tensorboard: bool = True,
     bucket_frames: int = 8,
-    ema: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate one checkpoint of ``workdir``; returns (and writes) the result dict.
+    """Encode and decode store records ``val`` at full length with ``variables`` (``params``
+    and ``codebooks`` of ``cfg.codec``) and score every decode variant.
 
-    ``transcriber`` enables WER (see :data:`Transcriber`); it is called once per clip with
-    ``[original, *decoded variants]``. ``asr_name`` labels it in the result.
+    Returns ``{"per_clip", "audio_seconds", "codebooks", "wer", "variants"}`` (the variants'
+    means); :func:`evaluate` and the trainer's periodic evaluation share it.
     """
-    t0 = time.perf_counter()
-    workdir = os.fspath(paths.as_path(workdir))
-    if bucket_frames < 1:
-        raise EvaluationError(f"bucket_frames must be >= 1, got {bucket_frames}")
-    step = _checkpoint_step(workdir, step)
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        cfg = ckpt.restore_config(step)
-    finally:
-        ckpt.close()
-    st, val, n_val = _validation_clips(cfg.data, store, max_clips)
-    cfg, state = restore_run_state(workdir, step)
     codec_cfg = cfg.codec
     q = codec_cfg.quantizer
     frame = codec_cfg.frame_size
-    try:
-        params = generator_weights(state, ema)["codec"]
-    except ValueError as err:
-        raise EvaluationError(str(err)) from None
-    variables = jax.device_put({"params": params, "codebooks": state.codebooks})
     enc, dec = _codec_fns(codec_cfg)
     variants = decode_variants(q.num_codebooks)
-    log.info("evaluating %s step %d on %d of %d validation clips", workdir, step, len(val), n_val)
 
     per_clip: list[dict[str, Any]] = []
     codes_seen: list[np.ndarray] = []
@@ -243,7 +224,7 @@ def evaluate(
 
     all_codes = np.concatenate(codes_seen, axis=1)
     usage, entropy = em.codebook_stats(all_codes, q.bins)
-    ema = codebook_usage(jax.device_get(state.codebooks), cfg)
+    ema = codebook_usage(jax.device_get(variables["codebooks"]), cfg)
     codebooks = [
         {
             "index": k,
@@ -266,19 +247,11 @@ def evaluate(
             "original": em.corpus_wer(refs, asr["original"]),
         }
     result: dict[str, Any] = {
-        "workdir": workdir,
-        "step": step,
-        "store": str(st.path),
-        "clips": {"evaluated": len(val), "validation_total": n_val},
+        "per_clip": per_clip,
         "audio_seconds": float(sum(c["seconds"] for c in per_clip)),
-        "frame_rate": codec_cfg.frame_rate,
-        "bins": q.bins,
-        "bucket_frames": bucket_frames,
-        "variants": {},
         "codebooks": codebooks,
         "wer": wer_info,
-        "settings": em.settings(),
-        "per_clip": per_clip,
+        "variants": {},
     }
     for v in variants:
         summary = {
@@ -293,6 +266,64 @@ def evaluate(
             summary["wer"] = None
             summary["notes"]["wer"] = wer_info["skipped"]
         result["variants"][v.name] = summary
+    return result
+
+
+def evaluate(
+    workdir: str,
+    step: int | None = None,
+    store: str | None = None,
+    max_clips: int | None = None,
+    transcriber: Transcriber | None = None,
+    asr_name: str | None = None,
+    out: str | None = None,
+    tensorboard: bool = True,
+    bucket_frames: int = 8,
+    ema: bool = False,
+) -> dict[str, Any]:
+    """Evaluate one checkpoint of ``workdir``; returns (and writes) the result dict.
+
+    ``transcriber`` enables WER (see :data:`Transcriber`); it is called once per clip with
+    ``[original, *decoded variants]``. ``asr_name`` labels it in the result.
+    """
+    t0 = time.perf_counter()
+    workdir = os.fspath(paths.as_path(workdir))
+    if bucket_frames < 1:
+        raise EvaluationError(f"bucket_frames must be >= 1, got {bucket_frames}")
+    step = _checkpoint_step(workdir, step)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        cfg = ckpt.restore_config(step)
+    finally:
+        ckpt.close()
+    st, val, n_val = _validation_clips(cfg.data, store, max_clips)
+    cfg, state = restore_run_state(workdir, step)
+    codec_cfg = cfg.codec
+    q = codec_cfg.quantizer
+    try:
+        params = generator_weights(state, ema)["codec"]
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+    variables = jax.device_put({"params": params, "codebooks": state.codebooks})
+    scores = score_clips(
+        cfg, variables, st, val, transcriber=transcriber, asr_name=asr_name,
+        bucket_frames=bucket_frames,
+    )  # fmt: skip
+    result: dict[str, Any] = {
+        "workdir": workdir,
+        "step": step,
+        "store": str(st.path),
+        "clips": {"evaluated": len(val), "validation_total": n_val},
+        "audio_seconds": scores["audio_seconds"],
+        "frame_rate": codec_cfg.frame_rate,
+        "bins": q.bins,
+        "bucket_frames": bucket_frames,
+        "variants": scores["variants"],
+        "codebooks": scores["codebooks"],
+        "wer": scores["wer"],
+        "settings": em.settings(),
+        "per_clip": scores["per_clip"],
+    }
     result["wall_seconds"] = time.perf_counter() - t0
     result = _finite(result)
 
