@@ -386,3 +386,34 @@ def test_llm_metric_disabled_without_the_llm_branch():
         records = [{"step": 0, "config": config}, {"step": 1, "epoch": 0, **epoch}]
         rep = report.build_report(report.records_to_log(records, "mem"))
         assert rep["metrics"]["llm_epoch"]["status"] == status
+
+
+def test_objective_evaluation_curves_in_the_report_and_plots(tmp_path, capsys):
+    """``eval/*`` records (the periodic objective evaluation) become curves: their latest
+    values in the JSON report and one plot with a panel per metric."""
+    pytest.importorskip("matplotlib")
+    records = _run_records(n_epochs=2)
+    for step, sdr in ((3, 1.5), (6, 2.5)):
+        records.append(
+            {
+                "step": step,
+                "eval/all/si_sdr": sdr,
+                "eval/cb0/si_sdr": sdr - 3,
+                "eval/all/mel_distance": 2.0 / step,
+                "eval/codebook/usage_0": 0.5,
+                "eval/codebook/entropy_0": 4.0,
+            }
+        )
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    _write_jsonl(workdir / "metrics.jsonl", records)
+    log = report.records_to_log(records, "mem")
+    assert log.curves["eval/all/si_sdr"] == [(3, 1.5), (6, 2.5)]
+    assert report.main([str(workdir), "--json", "--plots", str(tmp_path / "p")]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["curves"]["eval/all/si_sdr"] == 2.5
+    assert rep["curves"]["eval/cb0/si_sdr"] == -0.5
+    assert (tmp_path / "p" / "objective_eval.png").stat().st_size > 0
+    assert report.main([str(workdir)]) == 0
+    text = capsys.readouterr().out
+    assert "Objective evaluation (latest)" in text and "eval/all/si_sdr" in text

@@ -216,6 +216,7 @@ def build_report(log: RunLog) -> dict[str, Any]:
         "trend": trend,
         "diagnosis": [d.to_dict() for d in diagnosis],
         "validation": dict(log.validation),
+        "curves": {name: pts[-1][1] for name, pts in sorted(log.curves.items()) if pts},
         "skipped_lines": log.skipped_lines,
     }
 
@@ -246,6 +247,11 @@ def format_report(report: Mapping[str, Any]) -> str:
             verdict = ": in range" if ratio["in_range"] else ": out of range"
         expected = f"expected {ratio['expected']}{verdict}"
         lines.append(f"  {name:<13} = {_fmt(ratio['value'])}  ({expected})")
+    latest = {k: v for k, v in report.get("curves", {}).items() if k.count("/") == 2}
+    scores = {k: v for k, v in latest.items() if not k.startswith("eval/codebook/")}
+    if scores:
+        lines += ["", "Objective evaluation (latest)"]
+        lines += [f"  {name:<28} {_fmt(value)}" for name, value in scores.items()]
     lines += ["", "Diagnosis"]
     if not report["diagnosis"]:
         lines.append("  all quick-reference metrics in their good range")

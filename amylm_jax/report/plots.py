@@ -51,4 +51,38 @@ def write_plots(log: RunLog, out_dir: paths.PathLike) -> list[Any]:
         path = out / f"{name}.png"
         paths.save_figure(fig, path)
         written.append(path)
+    path = _eval_plot(log, out / "objective_eval.png")
+    if path is not None:
+        written.append(path)
     return written
+
+
+def _eval_plot(log: RunLog, path: Any) -> Any | None:
+    """The periodic objective evaluation against the step: a panel per metric with a line
+    per decode (``eval/<decode>/<metric>``), and a panel per codebook statistic with a line
+    per codebook (``eval/codebook/<stat>_<k>``)."""
+    from matplotlib.figure import Figure  # optional dependency, only needed for plots
+
+    panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for name, pts in log.curves.items():
+        if not name.startswith("eval/") or name.count("/") != 2 or not pts:
+            continue
+        variant, metric = name.removeprefix("eval/").split("/")
+        if variant == "codebook":
+            metric, _, index = metric.rpartition("_")
+            variant = f"codebook {index}"
+        panels.setdefault(metric, {})[variant] = pts
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.5 * len(panels), 3.5))
+    for i, (metric, lines) in enumerate(sorted(panels.items())):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for variant, pts in sorted(lines.items()):
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=variant)
+        ax.set_xlabel("step")
+        ax.set_title(f"eval/{metric}")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths.save_figure(fig, path)
+    return path

@@ -30,6 +30,9 @@ class RunLog:
     epochs: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
     steps: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
     validation: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Curves by full metric name, (step, value) sorted by step: the periodic objective
+    # evaluation (``eval/<decode>/<metric>``, ``eval/codebook/<stat>_<k>``).
+    curves: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
     skipped_lines: int = 0
     epochs_numbered: bool = True  # False when epoch records carry no "epoch" (pasted lines)
 
@@ -81,6 +84,7 @@ def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
     log = RunLog(source=source)
     epochs: dict[str, dict[int, float]] = {}
     steps: dict[str, dict[int, float]] = {}
+    curves: dict[str, dict[int, float]] = {}
     n_epoch_records = 0
     for index, record in enumerate(records):
         if isinstance(record.get("config"), Mapping):
@@ -92,7 +96,9 @@ def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
             value = _number(raw)
             if value is None or not isinstance(key, str):
                 continue
-            if key.startswith("val/"):
+            if key.startswith("eval/"):
+                curves.setdefault(key, {})[x_step] = value
+            elif key.startswith("val/"):
                 log.validation[key.removeprefix("val/")] = value
             elif key.startswith("train/") and key.endswith("_epoch"):
                 has_epoch_key = True
@@ -105,6 +111,7 @@ def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
         n_epoch_records += has_epoch_key
     log.epochs = {k: sorted(v.items()) for k, v in epochs.items()}
     log.steps = {k: sorted(v.items()) for k, v in steps.items()}
+    log.curves = {k: sorted(v.items()) for k, v in curves.items()}
     return log
 
 
