@@ -227,6 +227,26 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BalancerConfig:
+    """The loss balancer (``amylm_jax.losses.balancer``): off by default (the original sums the
+    weighted losses). On, the loss weights become fractions of the gradient: the audio losses'
+    (adv_g, feat, msspec) of ``total_norm`` at the decoded audio, the distillation losses'
+    (wavlm, llm) of ``distill_total_norm`` at their latents. Needs ``shared_disc_forward``."""
+
+    enabled: bool = False
+    total_norm: float = 1.0
+    distill_total_norm: float = 1.0
+    ema_decay: float = 0.999
+    epsilon: float = 1e-12
+
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"balancer.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.total_norm <= 0 or self.distill_total_norm <= 0:
+            raise ValueError("balancer.total_norm and distill_total_norm must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class HeadsConfig:
     """Distillation projections (docs/original.md §6.4, §10): "linear" (REF), "mlp", "mlp_v2",
     "conv"."""
@@ -420,6 +440,7 @@ class TrainConfig:
     data: DataConfig = DataConfig()
     loss: LossConfig = LossConfig()
     heads: HeadsConfig = HeadsConfig()
+    balancer: BalancerConfig = BalancerConfig()
     disc: DiscConfig = DiscConfig()
     optim: OptimConfig = OptimConfig()
     init: InitConfig = InitConfig()
@@ -463,6 +484,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.balancer.enabled and not self.shared_disc_forward:
+            raise ValueError("balancer.enabled needs shared_disc_forward=True")
         for name in ("quantizer_dropout", "quantizer_bypass"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -20,6 +20,7 @@ import optax
 from flax import struct
 
 from amylm_jax.config import TrainConfig
+from amylm_jax.losses import balancer
 from amylm_jax.models.amy_codec import AmyCodec, init_codec
 from amylm_jax.models.discriminator import MultiScaleSTFTDiscriminator
 from amylm_jax.models.heads import DistillHead
@@ -40,6 +41,8 @@ class TrainState:
     rng: jax.Array
     # Moving average of gen_params (same tree) when optim.ema_decay > 0, else None.
     ema_params: PyTree = None
+    # The loss balancer's moving averages of gradient norms when it is on, else None.
+    balancer: PyTree = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +257,7 @@ def create_state(
         opt_d=models.tx_d.init(disc_params),
         rng=key,
         ema_params=_copy_tree(gen_params) if models.cfg.optim.ema_decay > 0 else None,
+        balancer=balancer.initial_state() if models.cfg.balancer.enabled else None,
     )
 
 

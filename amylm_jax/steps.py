@@ -30,6 +30,7 @@ import optax
 
 from amylm_jax.config import FROZEN_ENCODER
 from amylm_jax.losses import adversarial as adv_losses
+from amylm_jax.losses import balancer
 from amylm_jax.losses.distill import distill_loss, layer_norm
 from amylm_jax.losses.spectral import MelLossConfig, msspec_loss
 from amylm_jax.models.amy_codec import AmyCodec
@@ -96,11 +97,17 @@ def quantizer_tricks(
 
 
 def generator_forward(
-    models: Models, gen_params: Any, codebooks: Any, batch: Batch, key: jax.Array
+    models: Models,
+    gen_params: Any,
+    codebooks: Any,
+    batch: Batch,
+    key: jax.Array,
+    norms: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any, Metrics]]:
     """Training-mode codec forward and distillation losses.
 
-    Returns ``fake [B, N]`` and ``(wavlm, llm, new_codebooks, quantizer_metrics)``.
+    Returns ``fake [B, N]`` and ``(wavlm, llm, new_codebooks, quantizer_metrics)``; ``norms``
+    receives the distillation losses' latent gradient norms (see :func:`distill_losses`).
     """
     cfg = models.cfg
     cp = _codec_params(models, gen_params)
@@ -123,7 +130,9 @@ def generator_forward(
         bypass=bypass,
     )
     new_codebooks = updated["codebooks"]
-    wavlm, llm = distill_losses(models, gen_params, cp, codebooks, new_codebooks, out, batch)
+    wavlm, llm = distill_losses(
+        models, gen_params, cp, codebooks, new_codebooks, out, batch, norms=norms
+    )
     qmetrics = dict(out.quantized.metrics)
     if rest_keep is not None:  # codebooks the decoder saw, mean over the batch
         qmetrics["decoded"] = jnp.mean(rest_keep + cfg.codec.quantizer.n_q_first, dtype=jnp.float32)
@@ -141,11 +150,15 @@ def distill_losses(
     out: Any,
     batch: Batch,
     example_weight: jax.Array | None = None,
+    norms: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """WavLM and LLM cosine losses with the REF latents (docs/original.md §3.9, §6.4) and §10 knobs.
 
     ``example_weight [B]`` (validation) restricts the mean to real examples; every example has
     the same number of frames, so this equals the weighted mean of per-example losses.
+    A ``norms`` dict receives, per loss, the mean over examples of the L2 norm of the
+    (unweighted) loss's gradient with respect to the latent its head reads (stop-gradient):
+    what the gradient shares and the loss balancer measure for the distillation losses.
     """
     lc = models.cfg.loss
     codes = out.quantized.first.codes
@@ -180,28 +193,45 @@ def distill_losses(
             method=AmyCodec.project_semantic,
         )
         sp = sp - sem_dec + sg(sem_dec)
-    wavlm_t = batch["wavlm"]
-    if lc.layernorm:
-        sp, wavlm_t = layer_norm(sp), layer_norm(wavlm_t)
-    pred_w = models.wavlm_head.apply({"params": gen_params["wavlm_head"]}, sp)
     mask = batch["mask"] if lc.mask_padded_frames else None
     if example_weight is not None:
         mask = (jnp.ones_like(batch["mask"]) if mask is None else mask) * example_weight[:, None]
-    wavlm = distill_loss(
-        pred_w,
-        wavlm_t,
-        mask_BxT=mask,
-        center_target=lc.center_wavlm_target,
-        center_pred=lc.center_wavlm_pred,
-    )
+
+    def wavlm_of(latent):
+        target = batch["wavlm"]
+        if lc.layernorm:
+            latent, target = layer_norm(latent), layer_norm(target)
+        pred = models.wavlm_head.apply({"params": gen_params["wavlm_head"]}, latent)
+        return distill_loss(
+            pred,
+            target,
+            mask_BxT=mask,
+            center_target=lc.center_wavlm_target,
+            center_pred=lc.center_wavlm_pred,
+        )
+
+    def llm_of(latent):
+        target = batch["llm"]
+        if lc.layernorm:
+            latent, target = layer_norm(latent), layer_norm(target)
+        pred = models.llm_head.apply({"params": gen_params["llm_head"]}, latent)
+        return distill_loss(pred, target, mask_BxT=mask)
+
+    def measured(name, fn, latent):
+        if norms is not None:  # on a detached copy: the loss's own graph stays as it is
+            norms[name] = sg(example_norm(jax.grad(fn)(sg(latent))))
+        return fn(latent)
+
+    wavlm = measured("wavlm", wavlm_of, sp)
     if not models.llm_on:  # no LLM branch: a constant zero, no head, no teacher features
         return wavlm, jnp.zeros((), jnp.float32)
-    llm_t = batch["llm"]
-    if lc.layernorm:
-        sem, llm_t = layer_norm(sem), layer_norm(llm_t)
-    pred_l = models.llm_head.apply({"params": gen_params["llm_head"]}, sem)
-    llm = distill_loss(pred_l, llm_t, mask_BxT=mask)
-    return wavlm, llm
+    return wavlm, measured("llm", llm_of, sem)
+
+
+def example_norm(x: jax.Array) -> jax.Array:
+    """Mean over the batch (axis 0) of each example's L2 norm, in float32."""
+    flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(flat), axis=-1)))
 
 
 class DiscForward(NamedTuple):
@@ -239,6 +269,8 @@ class GeneratorUpdate(NamedTuple):
     fake: jax.Array  # generated audio [B, N] (before the update)
     disc_real: DiscForward | None  # shared discriminator forwards, reused by the D update
     disc_fake: DiscForward | None
+    grad_shares: dict[str, jax.Array]  # each loss's share of its group's gradient norm
+    balancer: Any  # the balancer's state after this step (None when it is off)
 
 
 class DiscriminatorUpdate(NamedTuple):
@@ -289,28 +321,71 @@ def generator_update(
     forwards; the numbers are the same.
     """
     run = _shared_generator_grads if shared_disc_forward else _separate_generator_grads
-    grads, losses, fake, codebooks, qmetrics, disc_real, disc_fake = run(models, state, batch)
+    grads, losses, fake, codebooks, qmetrics, disc_real, disc_fake, shares, bal = run(
+        models, state, batch
+    )
     updates, opt_state = models.tx_g.update(grads, state.opt_g, state.gen_params)
     params = optax.apply_updates(state.gen_params, updates)
     return GeneratorUpdate(
-        params, opt_state, codebooks, grads, losses, qmetrics, fake, disc_real, disc_fake
+        params,
+        opt_state,
+        codebooks,
+        grads,
+        losses,
+        qmetrics,
+        fake,
+        disc_real,
+        disc_fake,
+        shares,
+        bal,
     )
+
+
+def _weights(models: Models) -> dict[str, float]:
+    """Each generator loss's weight in ``loss_g`` (0 when the loss is off)."""
+    lc = models.cfg.loss
+    w = {k: float(getattr(lc, balancer.ALPHA_NAMES[k])) for k in balancer.ALPHA_NAMES}
+    if not lc.gan:
+        w["adv_g"] = w["feat"] = 0.0
+    if lc.adversarial_only:
+        w["msspec"] = 0.0
+    if not models.llm_on:
+        w["llm"] = 0.0
+    return w
+
+
+def _grad_shares(models: Models, audio_grads: dict, latent_norms: dict) -> dict[str, jax.Array]:
+    """Shares of the weighted gradients: audio losses at the audio, distillation at latents."""
+    w = _weights(models)
+    audio = {k: example_norm(g) for k, g in audio_grads.items()}
+    distill = {k: w[k] * latent_norms.get(k, jnp.zeros(())) for k in balancer.DISTILL_LOSSES}
+    out = balancer.shares(audio)
+    out.update(balancer.shares(distill))
+    if not models.llm_on:
+        out.pop("llm")
+    return out
 
 
 def _shared_generator_grads(models: Models, state: TrainState, batch: Batch):
     lc = models.cfg.loss
+    bc = models.cfg.balancer
     real = batch["audio"]
     key = step_key(state)
 
     def gen_fn(gen_params):
+        norms: dict[str, jax.Array] = {}
         fake, (wavlm, llm, new_cb, qm) = generator_forward(
-            models, gen_params, state.codebooks, batch, key
+            models, gen_params, state.codebooks, batch, key, norms=norms
         )
-        return (fake, lc.alpha_wavlm * wavlm + lc.alpha_llm * llm), (wavlm, llm, new_cb, qm)
+        aux = (wavlm, llm, new_cb, qm, norms)
+        if bc.enabled:  # each distillation loss gets its own cotangent
+            return (fake, wavlm, llm), aux
+        return (fake, lc.alpha_wavlm * wavlm + lc.alpha_llm * llm), aux
 
-    (fake, distill), gen_vjp, (wavlm, llm, new_cb, qm) = jax.vjp(
+    outs, gen_vjp, (wavlm, llm, new_cb, qm, latent_norms) = jax.vjp(
         gen_fn, state.gen_params, has_aux=True
     )
+    fake = outs[0]
     disc_real = disc_fake = None
     if lc.gan:
         fake_out, vjp_fake = jax.vjp(
@@ -325,14 +400,51 @@ def _shared_generator_grads(models: Models, state: TrainState, batch: Batch):
             argnums=(0, 1, 2),
             has_aux=True,
         )(disc_fake.logits, disc_fake.features, fake)
-        d_fake = d_fake + vjp_fake((d_logits, d_features))[1]
+        d_disc = vjp_fake((d_logits, d_features))[1]
+        no_features = jax.tree_util.tree_map(jnp.zeros_like, d_features)
+        d_adv = vjp_fake((d_logits, no_features))[1]
+        audio_grads = {"adv_g": d_adv, "feat": d_disc - d_adv, "msspec": d_fake}
+        d_fake = d_fake + d_disc
     else:
         (terms, (adv, feat, ms)), d_fake = jax.value_and_grad(
             lambda audio: _generator_terms(models, None, None, audio, real), has_aux=True
         )(fake)
-    (grads,) = gen_vjp((d_fake, jnp.ones_like(distill)))
+        zero = jnp.zeros_like(d_fake)
+        audio_grads = {"adv_g": zero, "feat": zero, "msspec": d_fake}
+    shares = _grad_shares(models, audio_grads, latent_norms)
+    distill = lc.alpha_wavlm * wavlm + lc.alpha_llm * llm
+    new_balancer = None
+    if bc.enabled:
+        d_fake, cot_w, cot_l, new_balancer = _balance(
+            models, state.balancer, audio_grads, latent_norms
+        )
+        (grads,) = gen_vjp((d_fake, cot_w, cot_l))
+    else:
+        (grads,) = gen_vjp((d_fake, jnp.ones_like(outs[1])))
     losses = GeneratorLosses(terms + distill, adv, feat, ms, wavlm, llm)
-    return grads, losses, fake, new_cb, qm, disc_real, disc_fake
+    return grads, losses, fake, new_cb, qm, disc_real, disc_fake, shares, new_balancer
+
+
+def _balance(models: Models, bal_state, audio_grads: dict, latent_norms: dict):
+    """The balanced cotangents ``(d_fake, wavlm, llm)`` and the balancer's next state.
+
+    ``audio_grads`` are the weighted losses' gradients at the audio (``alpha_k * g_k``);
+    ``latent_norms`` the unweighted distillation losses' gradient norms at their latents.
+    """
+    bc = models.cfg.balancer
+    w = _weights(models)
+    unweighted = {k: example_norm(g) / w[k] if w[k] > 0 else jnp.zeros(())
+                  for k, g in audio_grads.items()}  # fmt: skip
+    unweighted.update({k: latent_norms.get(k, jnp.zeros(())) for k in balancer.DISTILL_LOSSES})
+    new_state, averages = balancer.update_averages(bal_state, unweighted, bc.ema_decay)
+    audio_w = {k: w[k] for k in balancer.AUDIO_LOSSES}
+    distill_w = {k: w[k] for k in balancer.DISTILL_LOSSES}
+    s_audio = balancer.scales(averages, audio_w, bc.total_norm, bc.epsilon)
+    s_distill = balancer.scales(averages, distill_w, bc.distill_total_norm, bc.epsilon)
+    d_fake = sum((s_audio[k] / w[k]) * audio_grads[k] for k in balancer.AUDIO_LOSSES if w[k] > 0)
+    if not isinstance(d_fake, jax.Array):  # every audio loss off
+        d_fake = jnp.zeros_like(audio_grads["msspec"])
+    return d_fake, s_distill["wavlm"], s_distill["llm"], new_state
 
 
 def _separate_generator_grads(models: Models, state: TrainState, batch: Batch):
@@ -342,8 +454,9 @@ def _separate_generator_grads(models: Models, state: TrainState, batch: Batch):
     frozen_disc = sg(state.disc_params)
 
     def g_loss(gen_params):
+        norms: dict[str, jax.Array] = {}
         fake, (wavlm, llm, new_cb, qm) = generator_forward(
-            models, gen_params, state.codebooks, batch, key
+            models, gen_params, state.codebooks, batch, key, norms=norms
         )
         fake_disc, real_features = None, None
         if lc.gan:
@@ -351,12 +464,27 @@ def _separate_generator_grads(models: Models, state: TrainState, batch: Batch):
             real_features = _disc_apply(models, frozen_disc, real)[1]
         terms, (adv, feat, ms) = _generator_terms(models, fake_disc, real_features, fake, real)
         total = terms + lc.alpha_wavlm * wavlm + lc.alpha_llm * llm
-        return total, (fake, adv, feat, ms, wavlm, llm, new_cb, qm)
+        return total, (fake, adv, feat, ms, wavlm, llm, new_cb, qm, norms)
 
     (loss_g, aux), grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen_params)
-    fake, adv, feat, ms, wavlm, llm, new_cb, qm = aux
+    fake, adv, feat, ms, wavlm, llm, new_cb, qm, latent_norms = aux
     losses = GeneratorLosses(loss_g, adv, feat, ms, wavlm, llm)
-    return grads, losses, fake, new_cb, qm, None, None
+    # The shares, measured apart from the gradient above (the original order's forwards are
+    # kept as they are): each audio loss's gradient at the generated audio on its own.
+    audio_grads = {}
+    for name in balancer.AUDIO_LOSSES:
+
+        def one(audio, name=name):
+            fake_disc = real_features = None
+            if lc.gan:
+                fake_disc = DiscForward(*_disc_apply(models, frozen_disc, audio))
+                real_features = _disc_apply(models, frozen_disc, real)[1]
+            _, parts = _generator_terms(models, fake_disc, real_features, audio, real)
+            return _weights(models)[name] * parts[balancer.AUDIO_LOSSES.index(name)]
+
+        audio_grads[name] = jax.grad(one)(sg(fake))
+    shares = _grad_shares(models, audio_grads, latent_norms)
+    return grads, losses, fake, new_cb, qm, None, None, shares, None
 
 
 def discriminator_update(
@@ -438,6 +566,7 @@ def _combine(models: Models, state: TrainState, batch: Batch, shared: bool):
         opt_g=gen.opt_state,
         opt_d=disc.opt_state,
         ema_params=ema,
+        balancer=gen.balancer,
     )
     keep = state.replace(step=state.step + 1)
     new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, keep)
@@ -469,6 +598,7 @@ def _metrics(
         "train/nonfinite": 1.0 - ok.astype(jnp.float32),
     }
     out.update({f"train/codebook/{k}": v for k, v in gen.quantizer_metrics.items()})
+    out.update({f"train/grad_share/{k}": v for k, v in gen.grad_shares.items()})
     return out
 
 

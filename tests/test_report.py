@@ -388,11 +388,15 @@ def test_llm_metric_disabled_without_the_llm_branch():
         assert rep["metrics"]["llm_epoch"]["status"] == status
 
 
-def test_objective_evaluation_curves_in_the_report_and_plots(tmp_path, capsys):
-    """``eval/*`` records (the periodic objective evaluation) become curves: their latest
-    values in the JSON report and one plot with a panel per metric."""
+def test_objective_evaluation_and_share_curves_in_the_report_and_plots(tmp_path, capsys):
+    """``eval/*`` records (the periodic objective evaluation) and the gradient shares become
+    curves: their latest values in the JSON report, and a plot each."""
     pytest.importorskip("matplotlib")
     records = _run_records(n_epochs=2)
+    for step in range(1, 7):
+        share = {"adv_g": 0.1 * step, "msspec": 1 - 0.1 * step, "wavlm": 0.6, "llm": 0.4}
+        shares = {f"train/grad_share/{k}_step": v for k, v in share.items()}
+        records.append({"step": step, **shares})
     for step, sdr in ((3, 1.5), (6, 2.5)):
         records.append(
             {
@@ -414,6 +418,10 @@ def test_objective_evaluation_curves_in_the_report_and_plots(tmp_path, capsys):
     assert rep["curves"]["eval/all/si_sdr"] == 2.5
     assert rep["curves"]["eval/cb0/si_sdr"] == -0.5
     assert (tmp_path / "p" / "objective_eval.png").stat().st_size > 0
+    assert log.curves["train/grad_share/adv_g"][-1] == (6, pytest.approx(0.6))
+    assert rep["curves"]["train/grad_share/llm"] == 0.4
+    assert (tmp_path / "p" / "grad_share.png").stat().st_size > 0
     assert report.main([str(workdir)]) == 0
     text = capsys.readouterr().out
     assert "Objective evaluation (latest)" in text and "eval/all/si_sdr" in text
+    assert "grad_share" not in text.split("Objective evaluation")[1]

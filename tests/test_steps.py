@@ -38,6 +38,13 @@ def test_shared_forward_equals_original_order(setup):
     s2, m2 = jax.jit(functools.partial(train_step_reference, models))(state, batch)
     for name in LOSS_NAMES:
         np.testing.assert_allclose(m1[f"train/{name}"], m2[f"train/{name}"], rtol=1e-6, atol=1e-7)
+    # The gradient shares are measured the same way in both orders.
+    shares = [k for k in m1 if k.startswith("train/grad_share/")]
+    assert len(shares) == 5 and set(shares) == {k for k in m2 if k.startswith("train/grad_share/")}
+    for name in shares:
+        np.testing.assert_allclose(m1[name], m2[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    for group in (("adv_g", "feat", "msspec"), ("wavlm", "llm")):
+        assert sum(float(m1[f"train/grad_share/{k}"]) for k in group) == pytest.approx(1.0)
     # Same gradients up to float summation order, through Adam's first step (~lr * sign).
     assert _max_diff(s1.gen_params, s2.gen_params) < 1e-6
     assert _max_diff(s1.disc_params, s2.disc_params) < 1e-6
@@ -122,7 +129,8 @@ def test_llm_branch_off_is_the_step_with_no_llm_term():
     new_off, met_off = jax.jit(functools.partial(train_step, m_off))(s_off, no_llm)
     new_zero, met_zero = jax.jit(functools.partial(train_step, m_zero))(s_zero, batch)
     assert "train/llm" not in met_off and float(met_zero["train/llm"]) > 0
-    for name in set(met_zero) - {"train/llm", "train/grad_norm_g"}:
+    assert "train/grad_share/llm" not in met_off and float(met_zero["train/grad_share/llm"]) == 0
+    for name in set(met_zero) - {"train/llm", "train/grad_norm_g", "train/grad_share/llm"}:
         np.testing.assert_allclose(met_off[name], met_zero[name], rtol=1e-6, err_msg=name)
     kept = {k: v for k, v in new_zero.gen_params.items() if k != "llm_head"}
     assert _max_diff(new_off.gen_params, kept) < 1e-6

@@ -247,7 +247,7 @@ def format_report(report: Mapping[str, Any]) -> str:
             verdict = ": in range" if ratio["in_range"] else ": out of range"
         expected = f"expected {ratio['expected']}{verdict}"
         lines.append(f"  {name:<13} = {_fmt(ratio['value'])}  ({expected})")
-    latest = {k: v for k, v in report.get("curves", {}).items() if k.count("/") == 2}
+    latest = {k: v for k, v in report.get("curves", {}).items() if k.startswith("eval/")}
     scores = {k: v for k, v in latest.items() if not k.startswith("eval/codebook/")}
     if scores:
         lines += ["", "Objective evaluation (latest)"]

@@ -51,10 +51,44 @@ def write_plots(log: RunLog, out_dir: paths.PathLike) -> list[Any]:
         path = out / f"{name}.png"
         paths.save_figure(fig, path)
         written.append(path)
-    path = _eval_plot(log, out / "objective_eval.png")
-    if path is not None:
-        written.append(path)
+    for plot, name in ((_eval_plot, "objective_eval.png"), (_share_plot, "grad_share.png")):
+        path = plot(log, out / name)
+        if path is not None:
+            written.append(path)
     return written
+
+
+def _share_plot(log: RunLog, path: Any) -> Any | None:
+    """``train/grad_share/<loss>`` against the step: the audio losses' panel (shares at the
+    decoded audio) and the distillation losses' (shares at their latents)."""
+    from matplotlib.figure import Figure  # optional dependency, only needed for plots
+
+    groups = {"audio losses (at the decoded audio)": ("adv_g", "feat", "msspec"),
+              "distillation losses (at their latents)": ("wavlm", "llm")}  # fmt: skip
+    present = {
+        title: {
+            k: log.curves[f"train/grad_share/{k}"]
+            for k in names
+            if log.curves.get(f"train/grad_share/{k}")
+        }  # fmt: skip
+        for title, names in groups.items()
+    }
+    present = {t: lines for t, lines in present.items() if lines}
+    if not present:
+        return None
+    fig = Figure(figsize=(5 * len(present), 3.5))
+    for i, (title, lines) in enumerate(present.items()):
+        ax = fig.add_subplot(1, len(present), i + 1)
+        for loss, pts in lines.items():
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, label=loss)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("step")
+        ax.set_title(f"train/grad_share: {title}", fontsize="small")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths.save_figure(fig, path)
+    return path
 
 
 def _eval_plot(log: RunLog, path: Any) -> Any | None:

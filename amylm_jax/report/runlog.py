@@ -31,7 +31,8 @@ class RunLog:
     steps: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
     validation: dict[str, float] = dataclasses.field(default_factory=dict)
     # Curves by full metric name, (step, value) sorted by step: the periodic objective
-    # evaluation (``eval/<decode>/<metric>``, ``eval/codebook/<stat>_<k>``).
+    # evaluation (``eval/<decode>/<metric>``, ``eval/codebook/<stat>_<k>``) and the gradient
+    # shares (``train/grad_share/<loss>``, step values).
     curves: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
     skipped_lines: int = 0
     epochs_numbered: bool = True  # False when epoch records carry no "epoch" (pasted lines)
@@ -98,6 +99,8 @@ def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
                 continue
             if key.startswith("eval/"):
                 curves.setdefault(key, {})[x_step] = value
+            elif key.startswith("train/grad_share/") and not key.endswith("_epoch"):
+                curves.setdefault(key.removesuffix("_step"), {})[x_step] = value
             elif key.startswith("val/"):
                 log.validation[key.removeprefix("val/")] = value
             elif key.startswith("train/") and key.endswith("_epoch"):
