@@ -401,28 +401,58 @@ def _shared_generator_grads(models: Models, state: TrainState, batch: Batch):
             has_aux=True,
         )(disc_fake.logits, disc_fake.features, fake)
         d_disc = vjp_fake((d_logits, d_features))[1]
-        no_features = jax.tree_util.tree_map(jnp.zeros_like, d_features)
-        d_adv = vjp_fake((d_logits, no_features))[1]
-        audio_grads = {"adv_g": d_adv, "feat": d_disc - d_adv, "msspec": d_fake}
+        d_ms = d_fake
+
+        def split():  # the adversarial part on its own: one more discriminator backward
+            no_features = jax.tree_util.tree_map(jnp.zeros_like, d_features)
+            d_adv = vjp_fake((d_logits, no_features))[1]
+            return {"adv_g": d_adv, "feat": d_disc - d_adv, "msspec": d_ms}
+
         d_fake = d_fake + d_disc
     else:
         (terms, (adv, feat, ms)), d_fake = jax.value_and_grad(
             lambda audio: _generator_terms(models, None, None, audio, real), has_aux=True
         )(fake)
-        zero = jnp.zeros_like(d_fake)
-        audio_grads = {"adv_g": zero, "feat": zero, "msspec": d_fake}
-    shares = _grad_shares(models, audio_grads, latent_norms)
+        d_ms = d_fake
+
+        def split():
+            zero = jnp.zeros_like(d_ms)
+            return {"adv_g": zero, "feat": zero, "msspec": d_ms}
+
     distill = lc.alpha_wavlm * wavlm + lc.alpha_llm * llm
     new_balancer = None
-    if bc.enabled:
+    if bc.enabled:  # the balancer needs the split on every step
+        audio_grads = split()
+        shares = _grad_shares(models, audio_grads, latent_norms)
         d_fake, cot_w, cot_l, new_balancer = _balance(
             models, state.balancer, audio_grads, latent_norms
         )
         (grads,) = gen_vjp((d_fake, cot_w, cot_l))
     else:
+        shares = _measured_shares(models, state, lambda: split(), latent_norms)
         (grads,) = gen_vjp((d_fake, jnp.ones_like(outs[1])))
     losses = GeneratorLosses(terms + distill, adv, feat, ms, wavlm, llm)
     return grads, losses, fake, new_cb, qm, disc_real, disc_fake, shares, new_balancer
+
+
+def share_measured(cfg: Any, step: int) -> bool:
+    """Whether the step taken from ``state.step == step`` measures the gradient shares."""
+    return cfg.balancer.enabled or step % cfg.grad_share_every_steps == 0
+
+
+def _measured_shares(models: Models, state: TrainState, audio_grads_fn, latent_norms):
+    """The shares on every ``grad_share_every_steps``-th step, zeros (not logged) otherwise:
+    splitting the adversarial gradient costs a discriminator backward."""
+    every = models.cfg.grad_share_every_steps
+
+    def measure():
+        return _grad_shares(models, audio_grads_fn(), latent_norms)
+
+    if every == 1:
+        return measure()
+    names = balancer.AUDIO_LOSSES + balancer.DISTILL_LOSSES[: 2 if models.llm_on else 1]
+    skipped = {k: jnp.zeros((), jnp.float32) for k in names}
+    return jax.lax.cond(state.step % every == 0, measure, lambda: skipped)
 
 
 def _balance(models: Models, bal_state, audio_grads: dict, latent_norms: dict):
@@ -469,21 +499,25 @@ def _separate_generator_grads(models: Models, state: TrainState, batch: Batch):
     (loss_g, aux), grads = jax.value_and_grad(g_loss, has_aux=True)(state.gen_params)
     fake, adv, feat, ms, wavlm, llm, new_cb, qm, latent_norms = aux
     losses = GeneratorLosses(loss_g, adv, feat, ms, wavlm, llm)
+
     # The shares, measured apart from the gradient above (the original order's forwards are
     # kept as they are): each audio loss's gradient at the generated audio on its own.
-    audio_grads = {}
-    for name in balancer.AUDIO_LOSSES:
+    def audio_grads():
+        out = {}
+        for name in balancer.AUDIO_LOSSES:
 
-        def one(audio, name=name):
-            fake_disc = real_features = None
-            if lc.gan:
-                fake_disc = DiscForward(*_disc_apply(models, frozen_disc, audio))
-                real_features = _disc_apply(models, frozen_disc, real)[1]
-            _, parts = _generator_terms(models, fake_disc, real_features, audio, real)
-            return _weights(models)[name] * parts[balancer.AUDIO_LOSSES.index(name)]
+            def one(audio, name=name):
+                fake_disc = real_features = None
+                if lc.gan:
+                    fake_disc = DiscForward(*_disc_apply(models, frozen_disc, audio))
+                    real_features = _disc_apply(models, frozen_disc, real)[1]
+                _, parts = _generator_terms(models, fake_disc, real_features, audio, real)
+                return _weights(models)[name] * parts[balancer.AUDIO_LOSSES.index(name)]
 
-        audio_grads[name] = jax.grad(one)(sg(fake))
-    shares = _grad_shares(models, audio_grads, latent_norms)
+            out[name] = jax.grad(one)(sg(fake))
+        return out
+
+    shares = _measured_shares(models, state, audio_grads, latent_norms)
     return grads, losses, fake, new_cb, qm, None, None, shares, None
 
 

@@ -59,7 +59,7 @@ from amylm_jax.state import (
     eval_params,
     init_params,
 )
-from amylm_jax.steps import eval_step, train_step, train_step_reference
+from amylm_jax.steps import eval_step, share_measured, train_step, train_step_reference
 
 log = logging.getLogger("amylm_jax.train")
 
@@ -143,7 +143,8 @@ def initial_state(models: Models) -> TrainState:
 #: loading workers and where it started from. Everything else defines the run.
 RESUMABLE_CHANGES = (
     "max_steps", "num_epochs", "eval_every_steps", "eval_max_batches", "num_eval_audio",
-    "objective_eval_every_steps", "objective_eval_clips", "log_every_steps", "tensorboard",
+    "objective_eval_every_steps", "objective_eval_clips", "grad_share_every_steps",
+    "log_every_steps", "tensorboard",
     "wandb_project", "checkpoint.", "init.", "data.worker_count", "mesh",
 )  # fmt: skip
 
@@ -345,9 +346,16 @@ def _handle(run: _Run, step: int, metrics, audio_per_s: float, bar) -> None:
         )
     values.pop("train/nonfinite", None)
     values["train/audio_seconds_per_second"] = audio_per_s
+    # Gradient shares: step values only, on the steps that measure them (no epoch means).
+    shares = {k: values.pop(k) for k in list(values) if k.startswith("train/grad_share/")}
     run.accum.add(values, run.cfg.data.batch_size)
+    record = {}
     if step % run.cfg.log_every_steps == 0 or step == 1:
-        run.writer.write(step, step_record(values), epoch=(step - 1) // run.steps_per_epoch)
+        record = step_record(values)
+    if shares and share_measured(run.cfg, step - 1):
+        record.update(step_record(shares))
+    if record:
+        run.writer.write(step, record, epoch=(step - 1) // run.steps_per_epoch)
     bar.update(step - bar.n)
     bar.set_postfix(
         loss_g=f"{values['train/loss_g']:.3f}",

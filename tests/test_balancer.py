@@ -93,9 +93,30 @@ def test_step_with_the_balancer_logs_shares_and_keeps_its_averages(balanced_step
     assert np.isfinite(float(m["train/grad_norm_g"]))
 
 
+def test_shares_are_measured_every_n_steps():
+    """``grad_share_every_steps=2``: the step from ``state.step = 0`` measures the shares, the
+    next one skips the extra discriminator backward and gives zeros (the trainer logs shares
+    only on measuring steps)."""
+    from amylm_jax.steps import share_measured
+
+    cfg = TrainConfig(codec=tiny_codec_config(), disc=SMALL_DISC, grad_share_every_steps=2)
+    models, state = make(cfg)
+    step = jax.jit(functools.partial(train_step, models))
+    s1, m1 = step(state, make_batch())
+    _, m2 = step(s1, make_batch(seed=1))
+    names = [k for k in m1 if k.startswith("train/grad_share/")]
+    assert len(names) == 5 and all(float(m1[k]) > 0 for k in names)
+    assert all(float(m2[k]) == 0.0 for k in names)
+    assert [share_measured(cfg, s) for s in range(4)] == [True, False, True, False]
+    balanced = dataclasses.replace(cfg, balancer=BalancerConfig(enabled=True))
+    assert share_measured(balanced, 1)
+
+
 def test_balancer_needs_the_shared_forward():
     with pytest.raises(ValueError, match="shared_disc_forward"):
         TrainConfig(balancer=BalancerConfig(enabled=True), shared_disc_forward=False)
     with pytest.raises(ValueError, match="ema_decay"):
         BalancerConfig(ema_decay=1.0)
-    assert dataclasses.replace(LossConfig()).alpha_msspec == 15.0
+    with pytest.raises(ValueError, match="grad_share_every_steps"):
+        TrainConfig(grad_share_every_steps=0)
+    assert LossConfig().alpha_msspec == 15.0

@@ -255,4 +255,9 @@ def test_health_report_on_the_demo_workdir(demo_run, tmp_path):
         assert report["metrics"][name]["status"] in ("good", "warning", "critical"), name
     assert report["phase"] == "adaptation"
     pngs = list((tmp_path / "plots").glob("*.png"))
-    assert len(pngs) == 7 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    # the seven metric-guide plots and the gradient shares (measured on the first step)
+    assert {p.name for p in pngs} == {f"{name}.png" for name in report["metrics"]} | {
+        "grad_share.png"
+    }
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert 0.0 <= report["curves"]["train/grad_share/msspec"] <= 1.0

@@ -83,6 +83,10 @@ def test_tensorboard_has_the_training_tags(demo_checkpoint):
         assert f"train/{name}_epoch" in scalars, name
     assert "train/d_real_acc_step" in scalars and "train/lr_g_step" in scalars
     assert "val/msspec" in scalars and "train/codebook/usage_0_step" in scalars
+    # The gradient shares: step values on the steps that measure them (every 10th from 0).
+    assert set(scalars["train/grad_share/msspec_step"]) == {1}
+    assert not any(name.startswith("train/grad_share/") and name.endswith("_epoch")
+                   for name in scalars)  # fmt: skip
     # Epoch means have their own names, for the codebook metrics too.
     assert set(scalars["train/codebook/usage_0_epoch"]) == {2}
     # The values are the metric log's.
