@@ -112,6 +112,20 @@ def test_shares_are_measured_every_n_steps():
     assert share_measured(balanced, 1)
 
 
+def test_every_state_leaf_is_its_own_buffer():
+    """The step donates the state: two leaves sharing a buffer fail (one device) or crash
+    (sharded) at the first step. The balancer's and the weight average's leaves are fresh."""
+    cfg = TrainConfig(
+        codec=tiny_codec_config(),
+        disc=SMALL_DISC,
+        balancer=BalancerConfig(enabled=True),
+        optim=dataclasses.replace(TrainConfig().optim, ema_decay=0.99),
+    )
+    _, state = make(cfg)
+    leaves = jax.tree_util.tree_leaves(state)
+    assert len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves)
+
+
 def test_balancer_needs_the_shared_forward():
     with pytest.raises(ValueError, match="shared_disc_forward"):
         TrainConfig(balancer=BalancerConfig(enabled=True), shared_disc_forward=False)

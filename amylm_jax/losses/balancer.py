@@ -34,9 +34,16 @@ ALPHA_NAMES = {"adv_g": "alpha_adv", "feat": "alpha_feat", "msspec": "alpha_mssp
 
 
 def initial_state() -> dict:
-    """Moving-average state of the unweighted gradient norms (all zero, no steps yet)."""
-    zero = jnp.zeros((), jnp.float32)
-    return {"sums": {k: zero for k in AUDIO_LOSSES + DISTILL_LOSSES}, "count": zero}
+    """Moving-average state of the unweighted gradient norms (all zero, no steps yet).
+
+    Every leaf is its own buffer: the train step donates the state, and one buffer shared by
+    two leaves would be donated twice.
+    """
+
+    def zero():
+        return jnp.zeros((), jnp.float32)
+
+    return {"sums": {k: zero() for k in AUDIO_LOSSES + DISTILL_LOSSES}, "count": zero()}
 
 
 def update_averages(

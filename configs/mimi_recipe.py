@@ -1,0 +1,56 @@
+"""Adaptation with the recipe tools of the published codec trainers turned on together.
+
+    python -m amylm_jax.train --config=configs/mimi_recipe.py --workdir=runs/recipe \\
+        --config.init.mimi_weights=/path/to/tokenizer-e351c8d8-checkpoint125.safetensors \\
+        --config.data.store=/path/to/store
+
+The adaptation config (`configs/adapt.py`: batch 16 of 1 s crops, the same loss weights, the
+encoder frozen) plus, as Mimi, EnCodec and DAC train:
+
+* a 0.99 moving average of the generator's weights, used by validation
+  (`python -m amylm_jax.export --workdir=runs/recipe --ema` exports it);
+* the loss balancer (the loss weights become fractions of the gradient);
+* a linear learning-rate warm-up, then a cosine decay to a tenth of the rate;
+* AdamW with a weight decay of 5e-2 on the transformers' weight matrices only;
+* quantizer dropout and the quantization bypass, each for half of the examples;
+* the periodic objective evaluation every 5000 steps.
+
+Every tool is described in docs/recipes.md. Try it on the bundled demo with
+``--config.data.store=demo --config.init.mimi_weights=none``. Which of these help this codec
+is measured by ``benchmarks/recipe_quality.py``; until that is recorded in
+benchmarks/RESULTS.md these are the published recipes' settings, not measured defaults.
+"""
+
+from amylm_jax.config_dicts import base_config
+
+
+def get_config(arg=None):
+    del arg
+    cfg = base_config()
+    cfg.init.mimi_weights = ""  # required: a path, or "none"
+    cfg.data.store = ""  # required: a store directory, or "demo"
+    cfg.data.batch_size = 16
+    cfg.num_epochs = 100
+    cfg.checkpoint.monitor = "train/msspec_epoch"
+    # Weight average (Mimi, EnCodec: 0.99), validated with.
+    cfg.optim.ema_decay = 0.99
+    cfg.optim.ema_eval = True
+    # Loss balancer (audiocraft's, extended to the distillation losses).
+    cfg.balancer.enabled = True
+    # Warm-up, then cosine decay to 0.1 x the learning rate.
+    cfg.optim.schedule = "cosine"
+    cfg.optim.warmup_steps = 500
+    cfg.optim.decay_steps = 200_000
+    cfg.optim.final_lr_ratio = 0.1
+    # AdamW, weight decay 5e-2 on the transformers' weight matrices (Mimi).
+    cfg.optim.optimizer = "adamw"
+    cfg.optim.weight_decay = 0.05
+    cfg.optim.weight_decay_on = "transformers"
+    cfg.optim.weight_decay_groups = ("main",)
+    # Quantizer dropout (DAC, Mimi) and the quantization bypass (Mimi: 50 %).
+    cfg.quantizer_dropout = 0.5
+    cfg.quantizer_bypass = 0.5
+    # A live quality curve.
+    cfg.objective_eval_every_steps = 5000
+    cfg.objective_eval_clips = 8
+    return cfg
