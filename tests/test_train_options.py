@@ -11,6 +11,7 @@ import functools
 import glob
 import json
 import struct
+import time
 from pathlib import Path
 
 import jax
@@ -59,7 +60,7 @@ def wandb_history(run_file: Path) -> list[dict]:
             continue
         _, n, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         pos += 7
-        if n == 0 and kind == 0:
+        if (n == 0 and kind == 0) or pos + n > len(raw):  # the end, or a record still being written
             break
         pending += raw[pos : pos + n]
         pos += n
@@ -136,7 +137,11 @@ def test_wandb_offline_run_holds_the_records(tmp_path, monkeypatch):
     writer.write(2, {"train/loss_g_step": 2.0, "train/msspec_epoch": 0.4}, epoch=0)
     writer.close()
     (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
-    rows = wandb_history(Path(run_file))
+    # W&B writes the run file from its own service process; on a loaded machine the history
+    # records can land a moment after finish() returns, so read until both rows are there.
+    deadline = time.monotonic() + 60
+    while len(rows := wandb_history(Path(run_file))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert [(r["_step"], r["train/loss_g_step"]) for r in rows] == [(1, 2.5), (2, 2.0)]
     assert rows[0]["train/msspec_step"] == 0.5 and rows[1]["train/msspec_epoch"] == 0.4
 
