@@ -1,6 +1,8 @@
 """Build or check an aligned feature store.
 
-    # from word alignments + audio (teacher features extracted here)
+    # from word alignments + audio (teacher features extracted here); make the alignments
+    # from audio files with python -m amylm_jax.align. A record with offset/duration (seconds)
+    # is that segment of its audio file.
     python -m amylm_jax.prepare --manifest=align.jsonl --out=store \\
         [--wavlm=microsoft/wavlm-large|PATH|tiny-random] [--llm=Qwen/Qwen3-1.7B|PATH|tiny-random] \\
         [--batch_size=8] [--device=cpu|cuda] [--skip_bad] [--cache_dir=store.work]

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = [
     ("amylm_jax.train", ["--config", "--workdir", "--coordinator_address", "--verbosity"]),
     ("amylm_jax.prepare", ["--manifest", "--out", "--check", "--verbosity"]),
+    ("amylm_jax.align", ["--audio", "--out", "--transcripts", "--aligner", "--verbosity"]),
     ("amylm_jax.codec", ["--weights", "--checkpoint", "--num_codebooks", "--verbosity"]),
     ("amylm_jax.evaluate", ["--workdir", "--max_clips", "--asr_model", "--verbosity"]),
     ("amylm_jax.export", ["--workdir", "--out", "--layout", "--verbosity"]),

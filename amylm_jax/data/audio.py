@@ -44,9 +44,13 @@ def check_wave(wave: np.ndarray, name: str) -> np.ndarray:
     return wave
 
 
-def load_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
+def load_audio(
+    source: str | os.PathLike | bytes, span: tuple[float, float] | None = None
+) -> tuple[np.ndarray, int]:
     """Read any format soundfile reads (path or encoded bytes) as mono float32 and its rate.
 
+    ``span = (offset_s, duration_s)`` reads only that part of the file (a segment of a long
+    recording); a span reaching more than 10 ms past the end of the file is an error.
     Errors name the file so a manifest with thousands of clips points at the bad one.
     """
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
@@ -59,10 +63,26 @@ def load_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
         raise AudioError(f"{name}: audio file not found")
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else name
-        wave, rate = sf.read(handle, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        with sf.SoundFile(handle) as f:
+            rate = int(f.samplerate)
+            if span is None:
+                wave = f.read(dtype="float32", always_2d=True)
+            else:
+                start, count = round(span[0] * rate), round(span[1] * rate)
+                if span[0] < 0 or count <= 0 or start + count > f.frames + rate // 100:
+                    raise AudioError(
+                        f"{name}: segment at {span[0]:.3f} s for {span[1]:.3f} s lies outside "
+                        f"the file ({f.frames / rate:.3f} s)"
+                    )
+                f.seek(start)
+                wave = f.read(count, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{name}: cannot read audio ({err})") from err
-    return check_wave(to_mono(wave), name), int(rate)
+    except ValueError as err:
+        if isinstance(err, AudioError):
+            raise
+        raise AudioError(f"{name}: cannot read audio ({err})") from err
+    return check_wave(to_mono(wave), name), rate
 
 
 def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -86,10 +106,13 @@ def int16_to_float(pcm: np.ndarray) -> np.ndarray:
 
 
 def load_resampled(
-    source: str | os.PathLike | bytes, rates: tuple[int, ...] = (WAVLM_RATE, CODEC_RATE)
+    source: str | os.PathLike | bytes,
+    rates: tuple[int, ...] = (WAVLM_RATE, CODEC_RATE),
+    span: tuple[float, float] | None = None,
 ) -> dict[int, np.ndarray]:
-    """Load once and resample from the source rate to each of ``rates`` (no double resampling)."""
-    wave, rate = load_audio(source)
+    """Load once (``span``: a part of the file, see :func:`load_audio`) and resample from the
+    source rate to each of ``rates`` (no double resampling)."""
+    wave, rate = load_audio(source, span)
     return {r: resample(wave, rate, r) for r in rates}
 
 

@@ -60,6 +60,7 @@ class ClipSpec:
     words: list[dict]
     transcript: str
     groups: dict[str, str] = field(default_factory=dict)
+    span: tuple[float, float] | None = None  # (offset, duration) s of a segment of the file
 
     def fingerprint(self) -> str:
         """Hash of everything the cached features depend on (inputs, not teachers)."""
@@ -67,7 +68,8 @@ class ClipSpec:
             size = -1  # object storage: the path and the words identify the clip
         else:
             size = os.path.getsize(self.audio) if os.path.isfile(self.audio) else -1
-        payload = json.dumps([self.audio, size, self.words], sort_keys=True)
+        inputs = [self.audio, size, self.words] + ([list(self.span)] if self.span else [])
+        payload = json.dumps(inputs, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()
 
 
@@ -145,6 +147,14 @@ def parse_record(
         path = os.path.join(base_dir, os.path.expanduser(audio_ref))
     if not (paths.exists(path) if paths.is_url(path) else os.path.isfile(path)):
         raise ClipError(cid, f"audio file not found: {record['audio']}")
+    span = None
+    if record.get("offset") is not None or record.get("duration") is not None:
+        try:
+            span = (float(record.get("offset") or 0.0), float(record["duration"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ClipError(cid, f"a segment needs numeric offset and duration ({err!r})") from err
+        if not (np.isfinite(span).all() and span[0] >= 0 and span[1] > 0):
+            raise ClipError(cid, f"bad segment offset/duration {span}")
     words = _record_words(record)
     if not words:
         raise ClipError(cid, "missing alignment (no words)")
@@ -166,7 +176,7 @@ def parse_record(
         groups = record_groups(record, group_fields)
     except ValueError as err:
         raise ClipError(cid, str(err)) from err
-    return ClipSpec(cid, path, entries, _transcript(record, entries), groups)
+    return ClipSpec(cid, path, entries, _transcript(record, entries), groups, span)
 
 
 def _cache_name(clip_id: str) -> str:
@@ -301,7 +311,7 @@ def _extract_batch(batch, wavlm, llm, cache, dims, repair_times, pooling, on_bad
     loaded = []
     for spec in batch:
         try:
-            waves = audio.load_resampled(spec.audio)
+            waves = audio.load_resampled(spec.audio, span=spec.span)
         except audio.AudioError as err:
             on_bad(ClipError(spec.clip_id, str(err)))
             continue
