@@ -3,8 +3,9 @@
     # transcribed corpus (a .txt/.lab beside each audio file, or --transcripts=TABLE):
     python -m amylm_jax.align --audio=corpus/ --out=corpus/align.jsonl \\
         [--aligner=pocketsphinx | --aligner=ctc --model=facebook/wav2vec2-base-960h|PATH]
-    # audio without transcripts (recognised with pocketsphinx's bundled English model):
-    python -m amylm_jax.align --audio='calls/**/*.flac' --transcripts=none --out=calls.jsonl
+    # audio without transcripts: recognised by Whisper (or pocketsphinx's English model)
+    python -m amylm_jax.align --audio='calls/**/*.flac' --transcripts=none --out=calls.jsonl \
+        --aligner=whisper --model=openai/whisper-small|PATH [--language=en] [--device=cuda]
     # a Hugging Face dataset saved with save_to_disk:
     python -m amylm_jax.align --audio=data/my_ds --text_column=text --out=my_ds.jsonl
     # on N hosts: each aligns its block of the (sorted) files, then join once
@@ -49,16 +50,21 @@ flags.DEFINE_enum(
     "aligner",
     "pocketsphinx",
     list(aligners.ALIGNERS),
-    "pocketsphinx (bundled English model, CPU; aligns or recognises) or ctc (forced alignment "
-    "with a transformers CTC model).",
+    "pocketsphinx (bundled English model, CPU; aligns or recognises), ctc (forced alignment "
+    "with a transformers CTC model) or whisper (recognition with word timestamps).",
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
     "model",
     None,
-    f"CTC model: a local directory, a Hub name or tiny-random (default {aligners.DEFAULT_CTC}).",
+    "CTC or Whisper model: a local directory, a Hub name or tiny-random (default "
+    f"{aligners.DEFAULT_CTC} / {aligners.DEFAULT_WHISPER}).",
     flag_values=FLAGS,
 )
+flags.DEFINE_string(
+    "language", None, "Whisper: the spoken language (e.g. en); default: detected per file.",
+    flag_values=FLAGS,
+)  # fmt: skip
 flags.DEFINE_float(
     "max_segment_s", 20.0, "Cut longer files into segments of at most this length.",
     flag_values=FLAGS,
@@ -72,7 +78,7 @@ flags.DEFINE_float(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("batch_size", 8, "Files per aligner call.", flag_values=FLAGS)
-flags.DEFINE_string("device", "cpu", "Torch device of a CTC model (cpu, cuda...).",
+flags.DEFINE_string("device", "cpu", "Torch device of a CTC/Whisper model (cpu, cuda...).",
                     flag_values=FLAGS)  # fmt: skip
 flags.DEFINE_string("audio_column", "audio", "Dataset input: the audio column.", flag_values=FLAGS)
 flags.DEFINE_string("text_column", None, "Dataset input: the transcript column.",
@@ -113,6 +119,7 @@ def _main(args: list[str]) -> int:
             min_score=FLAGS.min_score,
             batch_size=FLAGS.batch_size,
             device=FLAGS.device,
+            language=FLAGS.language,
             num_shards=num_shards,
             shard_index=shard_index,
             overwrite=FLAGS.overwrite,

@@ -113,3 +113,12 @@ def test_compile_check_prints_memory_and_flops():
     for name in ("argument", "output", "temp", "peak estimate"):
         assert f"  {name}" in stdout, name
     assert "GFLOP per device (XLA cost analysis)" in stdout
+
+
+def test_align_demo_prints_the_boundary_errors():
+    out = _process(["benchmarks/align_demo.py", "--json"], timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["clips_aligned"] == result["words_matched"] == 48
+    assert result["boundaries"] == 384 and result["median_ms"] <= 40
+    assert set(result) >= {"p95_ms", "within_80ms", "wall_s"}

@@ -249,6 +249,30 @@ def test_ctc_tiny_random_model_aligns_a_transcript(tmp_path):
         assert all(abs(w["start"] / 0.02 - round(w["start"] / 0.02)) < 1e-6 for w in rec["words"])
 
 
+def test_whisper_tiny_random_model_recognises_long_files_in_chunks(tmp_path):
+    """Recognition with a tiny random Whisper: a 2.4 s clip and a 45 s file (two 30 s windows
+    of the pipeline, then cut into segments); its words are noise but well-formed records."""
+    wave, rate = sf.read(CORPUS / RECORDS[0]["audio"], dtype="float32")
+    sf.write(tmp_path / "short.wav", wave, rate)
+    reps = int(45 * rate) // len(wave) + 1
+    sf.write(tmp_path / "long.wav", np.tile(wave, reps)[: 45 * rate], rate)
+    out = tmp_path / "m.jsonl"
+    report = align_corpus(str(tmp_path), out, aligner="whisper", model=teachers.TINY,
+                          transcripts="none", progress=False)  # fmt: skip
+    recs = _read(out)
+    assert report["files"] == 2 and report["clips"] == len(recs) >= 2
+    for rec in recs:
+        length = rec.get("duration", len(wave) / rate)
+        assert rec["words"] and all(0 <= w["start"] <= w["end"] <= length + 1e-6
+                                    for w in rec["words"])  # fmt: skip
+        starts = [w["start"] for w in rec["words"]]
+        assert starts == sorted(starts)
+    (tmp_path / "short.txt").write_text("a transcript")
+    with pytest.raises(ValueError, match="does not align given transcripts"):
+        align_corpus(str(tmp_path), tmp_path / "m2.jsonl", aligner="whisper",
+                     model=teachers.TINY, progress=False)  # fmt: skip
+
+
 def test_dataset_input_writes_its_audio_beside_the_manifest(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = {"audio": [], "text": [], "id": []}

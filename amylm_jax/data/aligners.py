@@ -1,6 +1,6 @@
 """Word aligners: give each word of a clip its start and end time, with or without a transcript.
 
-Two back-ends, chosen with ``python -m amylm_jax.align --aligner=...``:
+Three back-ends, chosen with ``python -m amylm_jax.align --aligner=...``:
 
 * ``pocketsphinx``: CMU PocketSphinx with the US-English acoustic model and dictionary that ship
   inside its wheel (no download, CPU only, fast). With a transcript it force-aligns the given
@@ -10,6 +10,8 @@ Two back-ends, chosen with ``python -m amylm_jax.align --aligner=...``:
   style, character vocabulary with a word delimiter), the most exact choice for transcribed
   corpora. The Viterbi path over the model's log-probabilities is computed here
   (:func:`ctc_viterbi`); its mean log-probability per frame is the clip's alignment score.
+* ``whisper``: speech recognition with word timestamps by a ``transformers`` Whisper model,
+  for audio without transcripts (multilingual, more robust than PocketSphinx's recogniser).
 
 Models are a local directory, a Hub name (for users with the Hub), or ``tiny-random``: a small
 randomly initialised model built from a config, for tests and smoke runs (its words and times
@@ -31,7 +33,7 @@ import numpy as np
 from amylm_jax.data.teachers import TINY, _from_pretrained, _seeded, _torch_device
 
 RATE = 16000
-ALIGNERS = ("pocketsphinx", "ctc")
+ALIGNERS = ("pocketsphinx", "ctc", "whisper")
 
 
 @dataclass
@@ -238,8 +240,8 @@ class CTCAligner:
 
     def align(self, waves: Sequence[np.ndarray], transcripts: Sequence[str | None]):
         if any(t is None for t in transcripts):
-            raise ValueError("--aligner=ctc aligns transcripts; use --aligner=pocketsphinx to "
-                             "recognise audio without them")  # fmt: skip
+            raise ValueError("--aligner=ctc aligns transcripts; use --aligner=whisper or "
+                             "pocketsphinx to recognise audio without them")  # fmt: skip
         results = []
         for lp, text in zip(self._log_probs(waves), transcripts, strict=True):
             written = transcript_words(text)
@@ -299,16 +301,128 @@ def _tiny_ctc() -> tuple[Any, Any]:
     return Wav2Vec2ForCTC(config), tokenizer
 
 
+# --------------------------------------------------------------------------------- Whisper
+class WhisperAligner:
+    """Speech recognition with word timestamps by a ``transformers`` Whisper model.
+
+    Runs the ``automatic-speech-recognition`` pipeline with ``return_timestamps="word"``
+    (word times from the model's cross-attention alignment heads, on a 20 ms grid) and
+    ``chunk_length_s=30``, so files longer than Whisper's 30 s window are transcribed in
+    overlapping chunks. It recognises; it does not align given transcripts. No score.
+    """
+
+    name = "whisper"
+
+    def __init__(self, model: str, device: str = "cpu", language: str | None = None) -> None:
+        from transformers import pipeline  # heavy (PyTorch)
+
+        dev = _torch_device(device)
+        if model == TINY:
+            net, tokenizer, features = _seeded(_tiny_whisper)
+        else:
+            from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
+
+            tokenizer = _from_pretrained(AutoTokenizer, model, "Whisper", "model")
+            features = _from_pretrained(AutoFeatureExtractor, model, "Whisper", "model")
+            net = _from_pretrained(AutoModelForSpeechSeq2Seq, model, "Whisper", "model")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # batching pads with it
+        self.language = language
+        self.pipe = pipeline(
+            "automatic-speech-recognition", model=net.eval(), tokenizer=tokenizer,
+            feature_extractor=features, device=dev, chunk_length_s=30, ignore_warning=True,
+        )  # fmt: skip
+
+    def align(self, waves: Sequence[np.ndarray], transcripts: Sequence[str | None]):
+        if any(t is not None for t in transcripts):
+            raise ValueError("--aligner=whisper recognises speech and does not align given "
+                             "transcripts: pass --transcripts=none, or align them with ctc or "
+                             "pocketsphinx")  # fmt: skip
+        import transformers  # heavy (PyTorch)
+
+        kwargs = {"language": self.language, "task": "transcribe"} if self.language else {}
+        quiet = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # per-chunk generation notices
+        try:
+            outputs = self.pipe(
+                [{"raw": np.asarray(w, np.float32), "sampling_rate": RATE} for w in waves],
+                return_timestamps="word", batch_size=max(len(waves), 1),
+                generate_kwargs=kwargs,
+            )  # fmt: skip
+        finally:
+            transformers.logging.set_verbosity(quiet)
+        results = []
+        for out in outputs:
+            words = []
+            for chunk in out.get("chunks") or ():
+                text = str(chunk["text"]).strip()
+                start, end = chunk["timestamp"]
+                if not text or start is None:
+                    continue
+                end = start if end is None else end  # no end predicted: a zero-length word
+                words.append({"word": text, "start": float(start), "end": float(end)})
+            results.append(Alignment(words))
+        return results
+
+
+def _tiny_whisper() -> tuple[Any, Any, Any]:
+    """A 1+1-layer, 32-wide Whisper over a byte-level vocabulary with Whisper's special and
+    timestamp tokens, and the generation settings word timestamps need."""
+    from tokenizers import pre_tokenizers
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>",
+                "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+                "<|notimestamps|>"] + [f"<|{i * 0.02:.2f}|>" for i in range(1501)]  # fmt: skip
+    for token in specials:
+        vocab[token] = len(vocab)
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    tokenizer.pad_token = "<|endoftext|>"
+    end, start = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
+    config = WhisperConfig(
+        vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500,
+        max_target_positions=64, decoder_start_token_id=start, eos_token_id=end,
+        pad_token_id=end, bos_token_id=end,
+    )  # fmt: skip
+    model = WhisperForConditionalGeneration(config)
+    gen = model.generation_config
+    gen.decoder_start_token_id, gen.eos_token_id, gen.pad_token_id = start, end, end
+    gen.no_timestamps_token_id = vocab["<|notimestamps|>"]
+    gen.lang_to_id = {"<|en|>": vocab["<|en|>"]}
+    gen.task_to_id = {"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]}
+    gen.is_multilingual = True
+    gen.alignment_heads = [[0, 0], [0, 1]]  # the cross-attention heads word times come from
+    gen.max_initial_timestamp_index = 50
+    gen.begin_suppress_tokens, gen.suppress_tokens = [end], []
+    gen.max_new_tokens = 24
+    return model, tokenizer, WhisperFeatureExtractor(feature_size=80)
+
+
 # --------------------------------------------------------------------------------- loading
-def load_aligner(name: str, model: str | None = None, device: str = "cpu") -> Any:
-    """An aligner by back-end name; ``model`` is a local path, Hub name or ``tiny-random``."""
+def load_aligner(
+    name: str, model: str | None = None, device: str = "cpu", language: str | None = None
+) -> Any:
+    """An aligner by back-end name; ``model`` is a local path, Hub name or ``tiny-random``;
+    ``language`` (e.g. ``en``) fixes Whisper's language instead of detecting it."""
     if name == "pocketsphinx":
         if model not in (None, ""):
             raise ValueError("--aligner=pocketsphinx uses its bundled English model; drop --model")
         return PocketSphinxAligner()
     if name == "ctc":
         return CTCAligner(model or DEFAULT_CTC, device)
+    if name == "whisper":
+        return WhisperAligner(model or DEFAULT_WHISPER, device, language)
     raise ValueError(f"aligner {name!r}: choose one of {', '.join(ALIGNERS)}")
 
 
 DEFAULT_CTC = "facebook/wav2vec2-base-960h"
+DEFAULT_WHISPER = "openai/whisper-small"

@@ -371,6 +371,7 @@ def align_corpus(
     min_score: float | None = None,
     batch_size: int = 8,
     device: str = "cpu",
+    language: str | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
     overwrite: bool = False,
@@ -401,7 +402,8 @@ def align_corpus(
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite to replace it")
     name = aligner if isinstance(aligner, str) else aligner.name
-    settings = {"aligner": name, "model": model, "max_segment_s": float(max_segment_s),
+    settings = {"aligner": name, "model": model, "language": language,
+                "max_segment_s": float(max_segment_s),
                 "min_segment_s": float(min_segment_s), "min_score": min_score}  # fmt: skip
     cut_points([], max_segment_s + 1.0, max_segment_s, min_segment_s)  # validate early
     if min_score is not None and name == "pocketsphinx":
@@ -415,7 +417,7 @@ def align_corpus(
     pending = [s for s in sources if done.get(s.key, {}).get("fingerprint") != fps[s.key]]
     audio_root = Path(out).parent  # records name audio relative to the final manifest
     if pending and isinstance(aligner, str):
-        aligner = aligners.load_aligner(aligner, model, device)
+        aligner = aligners.load_aligner(aligner, model, device, language)
     with open(log_path, "a", encoding="utf-8") as handle, tqdm(
         total=len(sources), initial=len(sources) - len(pending), desc=f"aligning ({name})",
         unit="file", disable=not progress,
