@@ -553,6 +553,9 @@ def test_prepare_array_task_and_join(tmp_path):
     assert join.returncode == 0 and join.stdout.splitlines()[-1].endswith("--join --out=/s")
     bad = sh(PREP, "--manifest=/a", "--out=/s", env=clean_env())
     assert bad.returncode == 2 and "job array" in bad.stderr
+    aligned = sh(PREP, "align", "--audio=/c", "--out=/a.jsonl", env=env)
+    assert aligned.returncode == 0, aligned.stderr
+    assert aligned.stdout.splitlines()[-1] == "python -m amylm_jax.align --audio=/c --out=/a.jsonl"
 
 
 def test_tpu_prepare_shards_by_worker_then_joins():
