@@ -253,6 +253,7 @@ def test_ctc_tiny_random_model_aligns_a_transcript(tmp_path):
     (tmp_path / "short.txt").write_text(" ".join(["seven"] * 40))
     sf.write(tmp_path / "digits.wav", wave, rate)
     (tmp_path / "digits.txt").write_text("call 555 now")
+    sf.write(tmp_path / "untranscribed.wav", wave, rate)
     with pytest.raises(ValueError, match="no clip aligned"):
         align_corpus(str(tmp_path / "*.wav"), tmp_path / "bad.jsonl", aligner="ctc",
                      model=teachers.TINY, progress=False)  # fmt: skip
@@ -260,7 +261,11 @@ def test_ctc_tiny_random_model_aligns_a_transcript(tmp_path):
     reasons = {s["clip_id"]: s["reason"] for s in report["skipped"]}
     assert "does not fit the audio (239 symbols, 24 frames)" in reasons["short"]
     assert "no character the model knows: ['555']" in reasons["digits"]
-    assert report["skipped_counts"] == {"transcript does not align": 2}
+    assert "no transcript" in reasons["untranscribed"]
+    assert report["skipped_counts"] == {
+        "no transcript for an aligner that needs one": 1,
+        "transcript does not align": 2,
+    }
 
 
 def test_whisper_tiny_random_model_recognises_long_files_in_chunks(tmp_path):

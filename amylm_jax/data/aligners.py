@@ -33,6 +33,7 @@ import numpy as np
 from amylm_jax.data.teachers import TINY, _from_pretrained, _seeded, _torch_device
 
 RATE = 16000
+NO_TRANSCRIPT = "no transcript (ctc aligns transcripts; whisper or pocketsphinx recognise)"
 ALIGNERS = ("pocketsphinx", "ctc", "whisper")
 
 
@@ -239,11 +240,11 @@ class CTCAligner:
         return [lp[i, : int(n)] for i, n in enumerate(lengths)]
 
     def align(self, waves: Sequence[np.ndarray], transcripts: Sequence[str | None]):
-        if any(t is None for t in transcripts):
-            raise ValueError("--aligner=ctc aligns transcripts; use --aligner=whisper or "
-                             "pocketsphinx to recognise audio without them")  # fmt: skip
         results = []
         for lp, text in zip(self._log_probs(waves), transcripts, strict=True):
+            if text is None:
+                results.append(Alignment(error=NO_TRANSCRIPT))
+                continue
             written = transcript_words(text)
             spelled = [self.spell(w) for w in written]
             if not written:

@@ -515,6 +515,7 @@ def _align_batch(batch, aligner, settings, manifest_dir, out) -> list[dict]:
         if result.error is not None:
             reason = result.error + ("" if result.score is None else f" (score {result.score:.3f})")
             kind = "transcript" if src.transcript is not None else "words"
+            kind = "missing" if result.error == aligners.NO_TRANSCRIPT else kind
             entries[j] = {"records": [], "skipped": [(src.clip_id, reason)], "kind": kind,
                           "repaired": False, "score": result.score}  # fmt: skip
             continue
@@ -542,6 +543,7 @@ _KINDS = {
     "transcript": "transcript does not align",
     "words": "no recognised words",
     "score": "alignment score below min_score",
+    "missing": "no transcript for an aligner that needs one",
 }
 
 
