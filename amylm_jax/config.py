@@ -104,6 +104,11 @@ class QuantizerConfig:
     residual) and ``n_q - n_q_first`` in ``rvq_rest``, of which ``num_codebooks - n_q_first``
     are active. ``frozen_codebooks`` lists global codebook indices whose EMA/k-means/expiry
     updates are switched off (they still quantise).
+
+    ``prosody_topology``: "residual" (default) quantises codebook 1 (prosody) on the residual
+    of codebook 0 inside ``rvq_first``; "parallel" gives it its own one-codebook quantizer
+    ``rvq_prosody`` (own input/output projections) on the same latent as codebook 0, the Amy
+    design before prosody became a residual: ``x_sp`` is then the sum of the two outputs.
     """
 
     dimension: int = 256
@@ -120,6 +125,7 @@ class QuantizerConfig:
     check_unused_every: int = 5
     kmeans_iters: int = 50
     frozen_codebooks: tuple[int, ...] = ()
+    prosody_topology: str = "residual"
 
     def __post_init__(self):
         if not self.n_q_first <= self.num_codebooks <= self.n_q:
@@ -127,6 +133,24 @@ class QuantizerConfig:
                 f"num_codebooks={self.num_codebooks} must lie in "
                 f"[{self.n_q_first}, {self.n_q}] (n_q_first..n_q)"
             )
+        if self.prosody_topology not in ("residual", "parallel"):
+            raise ValueError(
+                f"quantizer.prosody_topology must be 'residual' or 'parallel', got "
+                f"{self.prosody_topology!r}"
+            )
+        if self.prosody_topology == "parallel" and self.n_q_first != 2:
+            raise ValueError(
+                "quantizer.prosody_topology='parallel' needs n_q_first=2 (semantic, prosody), "
+                f"got {self.n_q_first}"
+            )
+
+    def sub_quantizers(self) -> tuple[tuple[str, int, int, int], ...]:
+        """``(name, slots, first global codebook, active slots)`` of each sub-quantizer, in
+        codebook order: ``rvq_first`` [+ ``rvq_prosody``] + ``rvq_rest``."""
+        rest = ("rvq_rest", self.n_q_rest, self.n_q_first, self.active_rest)
+        if self.prosody_topology == "parallel":
+            return (("rvq_first", 1, 0, 1), ("rvq_prosody", 1, 1, 1), rest)
+        return (("rvq_first", self.n_q_first, 0, self.n_q_first), rest)
 
     @property
     def n_q_rest(self) -> int:

@@ -379,8 +379,7 @@ def codebook_usage(codebooks: Any, cfg: TrainConfig) -> dict[str, float]:
     """``val/codebook/usage_g``: fraction of codes with EMA usage > 0.1 x mean (active slots)."""
     q = cfg.codec.quantizer
     out = {}
-    groups = [("rvq_first", 0, q.n_q_first), ("rvq_rest", q.n_q_first, q.active_rest)]
-    for name, offset, n in groups:
+    for name, _, offset, n in q.sub_quantizers():
         for layer in range(n):
             usage = np.asarray(codebooks["quantizer"][name][f"layers_{layer}"]["cluster_usage"])
             out[f"val/codebook/usage_{offset + layer}"] = float(np.mean(usage > 0.1 * usage.mean()))

@@ -24,7 +24,14 @@ from safetensors.numpy import load_file
 
 from amylm_jax import paths
 from amylm_jax.config import CodecConfig
-from amylm_jax.export.torch_layout import TensorRule, key_rules, legacy_rename, to_flax, to_torch
+from amylm_jax.export.torch_layout import (
+    TensorRule,
+    is_prosody_key,
+    key_rules,
+    legacy_rename,
+    to_flax,
+    to_torch,
+)
 
 Variables = dict[str, Any]
 
@@ -192,16 +199,16 @@ def flax_to_torch(
     """Convert the Flax variable tree back to a PyTorch state dict (numpy, float32).
 
     ``layout="amy"`` writes all ``n_q`` slots (321 tensors for the default config);
-    ``layout="kyutai"`` drops ``rvq_first`` layers 1.. so the file loads strictly into
-    Kyutai's 32-slot Mimi. ``countdown`` has no PyTorch counterpart and is dropped.
+    ``layout="kyutai"`` drops codebook 1 (``rvq_first`` layers 1.., or ``rvq_prosody`` in the
+    parallel topology) so the file loads strictly into Kyutai's 32-slot Mimi. ``countdown``
+    has no PyTorch counterpart and is dropped.
     """
     if layout not in ("amy", "kyutai"):
         raise ValueError(f"layout must be 'amy' or 'kyutai', got {layout!r}")
     out: dict[str, np.ndarray] = {}
     for rule in key_rules(config):
-        if layout == "kyutai" and rule.torch_key.startswith("quantizer.rvq_first.vq.layers."):
-            if int(rule.torch_key.split(".")[4]) >= 1:
-                continue
+        if layout == "kyutai" and is_prosody_key(rule.torch_key):
+            continue
         value = np.asarray(_get(variables[rule.collection], rule.path), np.float32)
         out[rule.torch_key] = np.array(to_torch(rule.kind, value), order="C")
         if out[rule.torch_key].shape != rule.torch_shape:

@@ -93,6 +93,11 @@ def check_expressible(config: CodecConfig) -> None:
             f"quantizer.dimension == hidden size ({hidden}): transformers drops the quantizer "
             "projections in that case, Amy always has them"
         )
+    if q.prosody_topology != "residual":
+        problems.append(
+            "prosody_topology='parallel': MimiModel's semantic quantizer has no place for a "
+            "second quantizer on the same latent"
+        )
     if q.n_q_first >= q.n_q:
         problems.append(f"n_q_first={q.n_q_first} must be < n_q={q.n_q}")
     if q.bins & (q.bins - 1):

@@ -51,6 +51,7 @@ from amylm_jax.export.from_torch import (
     load_torch_state,
     torch_to_flax,
 )
+from amylm_jax.export.torch_layout import is_prosody_key
 from amylm_jax.models.heads import head_from_torch, head_to_torch
 from amylm_jax.state import generator_weights
 
@@ -119,7 +120,7 @@ def codec_from_state_dict(
         except KeyError as err:
             raise ExportError(f"layout 'transformers': {err.args[0]}") from None
     elif layout == "kyutai":
-        extra = sorted(k for k in state if k.startswith("quantizer.rvq_first.vq.layers.1."))
+        extra = sorted(k for k in state if is_prosody_key(k))
         if extra:
             raise ExportError(f"layout 'kyutai' has no prosody slot, but the file has {extra}")
     try:
@@ -128,7 +129,7 @@ def codec_from_state_dict(
         raise ExportError(f"layout {layout!r}: {err}") from None
     allowed = set()
     if layout == "kyutai":
-        allowed = {k for k in report.missing if k.startswith("quantizer.rvq_first.vq.layers.")}
+        allowed = {k for k in report.missing if is_prosody_key(k)}
     missing = [k for k in report.missing if k not in allowed]
     if missing or report.unexpected:
         raise ExportError(

@@ -188,7 +188,7 @@ def codebook_rules(config: CodecConfig, rvq: str, layer: int) -> list[TensorRule
 def _quantizer_rules(config: CodecConfig) -> list[TensorRule]:
     q = config.quantizer
     rules: list[TensorRule] = []
-    for rvq, n_slots in (("rvq_first", q.n_q_first), ("rvq_rest", q.n_q_rest)):
+    for rvq, n_slots, _, _ in q.sub_quantizers():
         base = ("quantizer", rvq)
         rules.append(
             TensorRule(
@@ -211,6 +211,15 @@ def _quantizer_rules(config: CodecConfig) -> list[TensorRule]:
         for layer in range(n_slots):
             rules += codebook_rules(config, rvq, layer)
     return rules
+
+
+def is_prosody_key(key: str) -> bool:
+    """A tensor of codebook 1 (prosody), which Kyutai's Mimi does not have: ``rvq_first``
+    layers 1.. (residual topology) or anything of ``rvq_prosody`` (parallel topology)."""
+    if key.startswith("quantizer.rvq_prosody."):
+        return True
+    prefix = "quantizer.rvq_first.vq.layers."
+    return key.startswith(prefix) and int(key[len(prefix) :].split(".")[0]) >= 1
 
 
 def key_rules(config: CodecConfig) -> list[TensorRule]:

@@ -275,15 +275,33 @@ class ResidualVQ(nn.Module):
         return self.output_proj(q)
 
 
+def _join(a: RVQOutput, b: RVQOutput) -> RVQOutput:
+    """Two one-codebook quantizers on the same latent as one two-codebook output (``x`` summed,
+    codes stacked, penalties averaged); ``first_vectors`` are the first one's."""
+    return RVQOutput(
+        x=a.x + b.x,
+        codes=jnp.concatenate([a.codes, b.codes], axis=1),
+        penalty=(a.penalty + b.penalty) / 2,
+        metrics={**a.metrics, **b.metrics},
+        first_vectors=a.first_vectors,
+    )
+
+
 class SplitResidualVQ(nn.Module):
     """Amy's split quantizer (docs/original.md §3.1): ``rvq_first`` (2 slots) + ``rvq_rest`` in
-    parallel."""
+    parallel. With ``prosody_topology="parallel"``, ``rvq_first`` holds codebook 0 only and
+    ``rvq_prosody`` quantises the same latent for codebook 1; their outputs add up to ``x_sp``.
+    """
 
     config: QuantizerConfig
 
     def setup(self):
         cfg = self.config
-        self.rvq_first = ResidualVQ(cfg, n_q=cfg.n_q_first, n_active=cfg.n_q_first)
+        self.parallel = cfg.prosody_topology == "parallel"
+        n_first = 1 if self.parallel else cfg.n_q_first
+        self.rvq_first = ResidualVQ(cfg, n_q=n_first, n_active=n_first)
+        if self.parallel:
+            self.rvq_prosody = ResidualVQ(cfg, n_q=1, n_active=1, codebook_offset=1)
         self.rvq_rest = ResidualVQ(
             cfg, n_q=cfg.n_q_rest, n_active=cfg.active_rest, codebook_offset=cfg.n_q_first
         )
@@ -305,18 +323,25 @@ class SplitResidualVQ(nn.Module):
         ``rest_keep`` ``[B]``: acoustic codebooks summed into each example's output (quantizer
         dropout; codebooks 0 and 1 are always kept).
         """
-        key_first = key_rest = None
+        key_first = key_rest = key_prosody = None
         if train and not self.is_initializing():
             if rng is None:
                 rng = self.make_rng("quantizer")
             key_first, key_rest = jax.random.split(rng)
+            # The prosody quantizer's key, apart from the two the residual topology uses.
+            key_prosody = jax.random.fold_in(rng, 1)
         first = self.rvq_first(emb, train=train, rng=key_first)
+        if self.parallel:
+            first = _join(first, self.rvq_prosody(emb, train=train, rng=key_prosody))
         rest = self.rvq_rest(emb, train=train and train_rest, rng=key_rest, keep=rest_keep)
         return SplitRVQOutput(first=first, rest=rest)
 
     def encode(self, emb: jax.Array) -> jax.Array:
         """Codes ``[B, num_codebooks, T]`` int32 (eval path, docs/original.md §3.8)."""
-        return jnp.concatenate([self.rvq_first.encode(emb), self.rvq_rest.encode(emb)], axis=1)
+        parts = [self.rvq_first.encode(emb)]
+        if self.parallel:
+            parts.append(self.rvq_prosody.encode(emb))
+        return jnp.concatenate([*parts, self.rvq_rest.encode(emb)], axis=1)
 
     def decode(self, codes: jax.Array) -> jax.Array:
         """``[B, k, T]`` codes -> ``[B, T, output_dimension]``; ``k`` may be < num_codebooks.
@@ -325,7 +350,12 @@ class SplitResidualVQ(nn.Module):
         slice uses only codebook 0 (the "codebook 0 only" decode).
         """
         n_first = self.config.n_q_first
-        out = self.rvq_first.decode(codes[:, :n_first])
+        if self.parallel:
+            out = self.rvq_first.decode(codes[:, :1])
+            if codes.shape[1] > 1:
+                out = out + self.rvq_prosody.decode(codes[:, 1:2])
+        else:
+            out = self.rvq_first.decode(codes[:, :n_first])
         if codes.shape[1] > n_first:
             out = out + self.rvq_rest.decode(codes[:, n_first:])
         return out

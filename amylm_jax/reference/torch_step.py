@@ -117,6 +117,8 @@ def _check_ref_optim(cfg: TrainConfig) -> None:
         raise NotImplementedError("the PyTorch baseline implements the REF optimisers only")
     if o.clip_d > 0 or o.weight_decay:
         raise NotImplementedError("the PyTorch baseline implements the REF optimisers only")
+    if cfg.codec.quantizer.prosody_topology != "residual":
+        raise NotImplementedError("the PyTorch baseline implements the residual prosody only")
     lc = cfg.loss
     if lc.llm_latent != "codebook0" or lc.layernorm or lc.mask_padded_frames or not lc.gan:
         raise NotImplementedError("the PyTorch baseline implements the REF losses only")
