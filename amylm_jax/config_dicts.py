@@ -24,3 +24,16 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.heads.llm_dim = ml_collections.FieldReference(None, field_type=int)
     cfg.wandb_project = ml_collections.FieldReference(None, field_type=str)
     return cfg
+
+
+def adaptation_config() -> ml_collections.ConfigDict:
+    """Phase 1 (adaptation) from Kyutai's Mimi: batch 16 of 1 s crops, the default loss weights,
+    checkpoints ranked by ``train/msspec_epoch``; the weights file and the store are required
+    (``none`` starts from random weights, ``demo`` is the bundled corpus)."""
+    cfg = base_config()
+    cfg.init.mimi_weights = ""  # required: a path, or "none"
+    cfg.data.store = ""  # required: a store directory, or "demo"
+    cfg.data.batch_size = 16
+    cfg.num_epochs = 100
+    cfg.checkpoint.monitor = "train/msspec_epoch"
+    return cfg

@@ -429,14 +429,15 @@ def _shared_generator_grads(models: Models, state: TrainState, batch: Batch):
         )
         (grads,) = gen_vjp((d_fake, cot_w, cot_l))
     else:
-        shares = _measured_shares(models, state, lambda: split(), latent_norms)
+        shares = _measured_shares(models, state, split, latent_norms)
         (grads,) = gen_vjp((d_fake, jnp.ones_like(outs[1])))
     losses = GeneratorLosses(terms + distill, adv, feat, ms, wavlm, llm)
     return grads, losses, fake, new_cb, qm, disc_real, disc_fake, shares, new_balancer
 
 
-def share_measured(cfg: Any, step: int) -> bool:
-    """Whether the step taken from ``state.step == step`` measures the gradient shares."""
+def share_measured(cfg: Any, step: Any) -> Any:
+    """Whether the step taken from ``state.step == step`` measures the gradient shares: the
+    one rule for the host (which logs them, ``step`` an int) and the step (``step`` traced)."""
     return cfg.balancer.enabled or step % cfg.grad_share_every_steps == 0
 
 
@@ -452,7 +453,7 @@ def _measured_shares(models: Models, state: TrainState, audio_grads_fn, latent_n
         return measure()
     names = balancer.AUDIO_LOSSES + balancer.DISTILL_LOSSES[: 2 if models.llm_on else 1]
     skipped = {k: jnp.zeros((), jnp.float32) for k in names}
-    return jax.lax.cond(state.step % every == 0, measure, lambda: skipped)
+    return jax.lax.cond(share_measured(models.cfg, state.step), measure, lambda: skipped)
 
 
 def _balance(models: Models, bal_state, audio_grads: dict, latent_norms: dict):

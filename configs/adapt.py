@@ -9,15 +9,9 @@ encoder transformer frozen; checkpoints ranked by ``train/msspec_epoch``.
 ``--config.init.mimi_weights=none`` starts from random weights.
 """
 
-from amylm_jax.config_dicts import base_config
+from amylm_jax.config_dicts import adaptation_config
 
 
 def get_config(arg=None):
     del arg
-    cfg = base_config()
-    cfg.init.mimi_weights = ""  # required: a path, or "none"
-    cfg.data.store = ""  # required: a store directory, or "demo"
-    cfg.data.batch_size = 16
-    cfg.num_epochs = 100
-    cfg.checkpoint.monitor = "train/msspec_epoch"
-    return cfg
+    return adaptation_config()

@@ -21,17 +21,12 @@ is measured by ``benchmarks/recipe_quality.py``; until that is recorded in
 benchmarks/RESULTS.md these are the published recipes' settings, not measured defaults.
 """
 
-from amylm_jax.config_dicts import base_config
+from amylm_jax.config_dicts import adaptation_config
 
 
 def get_config(arg=None):
     del arg
-    cfg = base_config()
-    cfg.init.mimi_weights = ""  # required: a path, or "none"
-    cfg.data.store = ""  # required: a store directory, or "demo"
-    cfg.data.batch_size = 16
-    cfg.num_epochs = 100
-    cfg.checkpoint.monitor = "train/msspec_epoch"
+    cfg = adaptation_config()
     # Weight average (Mimi, EnCodec: 0.99), validated with.
     cfg.optim.ema_decay = 0.99
     cfg.optim.ema_eval = True
