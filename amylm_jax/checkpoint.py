@@ -197,13 +197,18 @@ def restore_run_state(
 ) -> tuple[TrainConfig, TrainState]:
     """Config and TrainState of a finished or running workdir, on this process's first device.
 
+    For a curriculum the config is that of the phase the checkpoint was written in.
+
     Whatever topology the run was saved from (8 TPU chips, a pod), the arrays are restored
     whole onto one local device, so the tools (export, evaluate, codec) run anywhere.
     """
     ckpt = Checkpointer(workdir, read_only=True)
     try:
         cfg = ckpt.restore_config(step)
-        dims = _dims_from_checkpoint(ckpt, step)
+        progress = _progress(ckpt, step)
+        dims = int(progress["wavlm_dim"]), int(progress["llm_dim"])
+        # A curriculum's checkpoint holds the state of the phase that wrote it.
+        cfg = cfg.phase_config(int(progress.get("phase_index", 0)))
         models = build_models(cfg, *dims)
         abstract = abstract_state(models)
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -214,14 +219,12 @@ def restore_run_state(
     return cfg, state
 
 
-def _dims_from_checkpoint(ckpt: Checkpointer, step: int | None) -> tuple[int, int]:
+def _progress(ckpt: Checkpointer, step: int | None) -> dict:
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    progress = ckpt.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))[
-        "progress"
-    ]
-    return int(progress["wavlm_dim"]), int(progress["llm_dim"])
+    args = ocp.args.Composite(progress=ocp.args.JsonRestore())
+    return dict(ckpt.manager.restore(step, args=args)["progress"])
 
 
 def load_codec_from_workdir(workdir: paths.PathLike, step: int | None = None, ema: bool = False):

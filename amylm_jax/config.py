@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from amylm_jax import paths
@@ -456,9 +457,52 @@ class CheckpointConfig:
     async_save: bool = True
 
 
+#: What a curriculum phase may change: the losses, the optimizers and what trains. The model,
+#: data, budget, checkpoints and initialisation are the run's and stay the same in every phase.
+PHASE_KEYS = ("loss.", "optim.", "balancer.", "frozen", "train_rest_codebooks",
+              "quantizer_dropout", "quantizer_bypass", "grad_share_every_steps",
+              "shared_disc_forward", "remat")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of a curriculum: ``steps`` optimizer steps (0: to the end of the run; only
+    the last phase) under the run's config with ``overrides`` (``(dotted key, value)`` pairs,
+    keys under :data:`PHASE_KEYS`) applied."""
+
+    name: str
+    steps: int = 0
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def from_any(cls, value: Any) -> Phase:
+        """A Phase from itself or a mapping ``{"name", "steps", "overrides": {key: value}}``."""
+        if isinstance(value, cls):
+            return value
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+        if not isinstance(value, Mapping):
+            raise ValueError(f"a phase must be a mapping with name/steps/overrides, got {value!r}")
+        unknown = sorted(set(value) - {"name", "steps", "overrides"})
+        if unknown:
+            raise ValueError(f"phase {value.get('name')!r}: unknown field(s) {unknown}")
+        overrides = value.get("overrides") or ()
+        if hasattr(overrides, "to_dict"):
+            overrides = overrides.to_dict()
+        items = overrides.items() if isinstance(overrides, Mapping) else overrides
+        pairs = tuple(sorted((str(k), _tuplify(v)) for k, v in items))
+        return cls(str(value.get("name", "")), int(value.get("steps", 0)), pairs)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything one training run needs (the library view of ``configs/*.py``)."""
+    """Everything one training run needs (the library view of ``configs/*.py``).
+
+    ``phases`` (empty: one phase, this config) makes the run a curriculum: phase ``k`` trains
+    its ``steps`` steps under this config with its overrides, then the run moves on by itself
+    (fresh optimizer states, every weight, codebook and the weight average carried); see
+    :meth:`phase_plan`.
+    """
 
     codec: CodecConfig = CodecConfig()
     data: DataConfig = DataConfig()
@@ -508,8 +552,28 @@ class TrainConfig:
     mesh: tuple[tuple[str, int], ...] = (("data", -1),)
     tensorboard: bool = True
     wandb_project: str | None = None
+    phases: tuple[Phase, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "phases", tuple(Phase.from_any(p) for p in self.phases))
+        names = [p.name for p in self.phases]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"phases need distinct, non-empty names, got {names}")
+        for k, phase in enumerate(self.phases):
+            if phase.steps < 0 or (phase.steps == 0 and k != len(self.phases) - 1):
+                raise ValueError(
+                    f"phase {phase.name!r}: steps must be > 0 (0, 'to the end of the run', "
+                    "only for the last phase)"
+                )
+            for key, _ in phase.overrides:
+                if not key.startswith(PHASE_KEYS):
+                    raise ValueError(
+                        f"phase {phase.name!r} overrides {key!r}; a phase may change only "
+                        f"{', '.join(PHASE_KEYS)} (the model, data and budget are the run's)"
+                    )
+        if self.phases:
+            for k in range(len(self.phases)):
+                self.phase_config(k)  # every phase's config is valid
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.grad_share_every_steps < 1:
@@ -521,6 +585,55 @@ class TrainConfig:
         for name in ("quantizer_dropout", "quantizer_bypass"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def phase_config(self, index: int) -> TrainConfig:
+        """The config phase ``index`` trains under (this config with its overrides, no
+        phases); without phases, this config itself for index 0."""
+        if not self.phases:
+            if index != 0:
+                raise IndexError(f"a run without phases has only phase 0, not {index}")
+            return self
+        return _phase_config(self, index)
+
+    def phase_plan(self, total_steps: int) -> list[tuple[str, int, int]]:
+        """``[(name, first step, last step)]`` over steps ``1..total_steps``: each phase its
+        ``steps``, the last (``steps`` 0) to the end. A budget the phases do not fit is an
+        error naming both."""
+        if not self.phases:
+            return [("train", 1, total_steps)]
+        plan, first = [], 1
+        for phase in self.phases:
+            last = total_steps if phase.steps == 0 else first + phase.steps - 1
+            plan.append((phase.name, first, last))
+            first = last + 1
+        need = sum(p.steps for p in self.phases)
+        budgets = ", ".join(f"{p.name}: {p.steps}" for p in self.phases)
+        if plan[-1][2] != total_steps or need > total_steps:
+            raise ValueError(
+                f"the phases take {need} steps ({budgets}) but the run has {total_steps} "
+                "(max_steps, or num_epochs x steps per epoch); "
+                "make them equal, or give the last phase steps=0 to fill the run"
+            )
+        return plan
+
+
+def _phase_config(cfg: TrainConfig, index: int) -> TrainConfig:
+    phase = cfg.phases[index]
+    data = dataclasses.asdict(dataclasses.replace(cfg, phases=()))
+    for key, value in phase.overrides:
+        *parents, leaf = key.split(".")
+        node = data
+        for name in parents:
+            if not isinstance(node.get(name), dict):
+                raise ValueError(f"phase {phase.name!r}: no config section {key!r}")
+            node = node[name]
+        if leaf not in node:
+            raise ValueError(f"phase {phase.name!r}: unknown config key {key!r}")
+        node[leaf] = value
+    try:
+        return from_dict(TrainConfig, data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"phase {phase.name!r}: {err}") from err
 
 
 def default_loss_weights() -> dict[str, float]:

@@ -283,6 +283,7 @@ class MetricWriter:
         config: Mapping[str, Any] | None = None,
     ):
         self.enabled = enabled
+        self.tags: dict[str, Any] = {}
         self._tb = None
         self._wandb = None
         self._log: MetricLog | None = None
@@ -305,7 +306,9 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: _jsonable(v) for k, v in record.items()}
-        line = {"step": int(step), **({"epoch": int(epoch)} if epoch is not None else {}), **clean}
+        line = {"step": int(step), **({"epoch": int(epoch)} if epoch is not None else {})}
+        line.update(self.tags)  # e.g. the curriculum phase, in the JSON log only
+        line.update(clean)
         self._log.append([json.dumps(line) + "\n"])
         if self._tb is not None:
             for k, v in clean.items():

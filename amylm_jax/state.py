@@ -261,6 +261,18 @@ def create_state(
     )
 
 
+def enter_phase(models: Models, state: TrainState) -> TrainState:
+    """``state`` carried into the next curriculum phase (``models`` built from its config):
+    weights, codebooks, step and key as they are; fresh optimizer states (the phase may train
+    other parts with other settings) and balancer averages; the weight average carried when
+    both phases keep one, started from the weights when only the new one does."""
+    fresh = create_state(models, state.gen_params, state.codebooks, state.disc_params, state.rng)
+    fresh = fresh.replace(step=state.step)
+    if fresh.ema_params is not None and state.ema_params is not None:
+        fresh = fresh.replace(ema_params=state.ema_params)
+    return fresh
+
+
 def _copy_tree(tree: PyTree) -> PyTree:
     # A distinct buffer per leaf: the train step donates the state, and a leaf shared by
     # two fields would be donated twice.

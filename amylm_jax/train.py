@@ -56,6 +56,7 @@ from amylm_jax.state import (
     TrainState,
     build_models,
     create_state,
+    enter_phase,
     eval_params,
     init_params,
 )
@@ -176,8 +177,40 @@ def check_same_run(saved: TrainConfig, cfg: TrainConfig, workdir: str) -> None:
 
 # ------------------------------------------------------------------------------- the loop
 @dataclasses.dataclass
+class _Phase:
+    """One curriculum phase of the run (a run without phases has one, named "train")."""
+
+    index: int
+    name: str
+    first: int
+    last: int
+    models: Models
+    shardings: Any
+    step_fn: Any
+
+
+def _build_phase(cfg: TrainConfig, plan, index: int, store, mesh, bsh, rep) -> _Phase:
+    models = build_models(cfg.phase_config(index), store.wavlm_dim, store.llm_dim)
+    shardings = state_shardings(abstract_state(models), mesh)
+    step_impl = train_step if models.cfg.shared_disc_forward else train_step_reference
+    step_fn = jax.jit(
+        functools.partial(step_impl, models),
+        in_shardings=(shardings, bsh),
+        out_shardings=(shardings, rep),
+        donate_argnums=0,
+    )
+    name, first, last = plan[index]
+    return _Phase(index, name, first, last, models, shardings, step_fn)
+
+
+def _phase_of(plan, step: int) -> int:
+    """The phase that takes step ``step`` (steps count from 1; step 0 is the first phase's)."""
+    return next((k for k, (_, first, last) in enumerate(plan) if first <= step <= last), 0)
+
+
+@dataclasses.dataclass
 class _Run:
-    cfg: TrainConfig
+    cfg: TrainConfig  # the run's config (with its phases); models.cfg is the phase's
     workdir: str
     models: Models
     writer: MetricWriter
@@ -188,13 +221,14 @@ class _Run:
     last_epoch: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_fn: Any = None
     preempt: PreemptionWatch | None = None
+    phase: _Phase | None = None
+    plan: list = dataclasses.field(default_factory=list)
 
 
 def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     """Train until the budget is spent; returns the last epoch means (``train/*_epoch``)."""
     workdir = os.fspath(paths.check_writable(workdir, "--workdir"))
     store = open_store(resolve_store(cfg.data.store))
-    models = build_models(cfg, store.wavlm_dim, store.llm_dim)
     pidx, pcount = jax.process_index(), jax.process_count()
     is_main = pidx == 0
     mesh = make_mesh(cfg.mesh)
@@ -205,14 +239,18 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     bsh, rep = batch_sharding(mesh), replicated(mesh)
     spe = cfg.steps_per_epoch or pipeline.steps_per_epoch(cfg.data, pcount, store=store)
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.num_epochs * spe
+    plan = cfg.phase_plan(total)
 
     ckpt = Checkpointer(workdir, cfg.checkpoint)
-    abstract = abstract_state(models)
-    shardings = state_shardings(abstract, mesh)
     start = ckpt.latest_step()
     progress: dict[str, Any] = {}
     if start is not None:
         check_same_run(ckpt.restore_config(start), cfg, workdir)
+    # The phase that wrote the checkpoint (its state's layout), or the first one.
+    phase = _build_phase(cfg, plan, _phase_of(plan, start or 0), store, mesh, bsh, rep)
+    models, shardings = phase.models, phase.shardings
+    abstract = abstract_state(models)
+    if start is not None:
         state, progress = ckpt.restore(start, abstract_like(abstract, shardings))
         log.info("resumed from %s at step %d", ckpt.directory, start)
         if is_main:
@@ -242,20 +280,17 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         EpochAccumulator(progress.get("epoch_accum")),
         is_main,
         dict(progress.get("last_epoch", {})),
+        phase=phase,
+        plan=plan,
     )
-    step_impl = train_step if cfg.shared_disc_forward else train_step_reference
-    step_fn = jax.jit(
-        functools.partial(step_impl, models),
-        in_shardings=(shardings, bsh),
-        out_shardings=(shardings, rep),
-        donate_argnums=0,
-    )
+    if cfg.phases:
+        writer.tags = {"phase": phase.name}
     data = pipeline.make_train_iterator(
         cfg.data, process_index=pidx, process_count=pcount, store=store, start_step=start
     )
     run.preempt = PreemptionWatch()
     try:
-        state = _loop(run, state, step_fn, data, ckpt, store, start, bsh, rep, shardings)
+        state = _loop(run, state, data, ckpt, store, start, bsh, rep, mesh)
     finally:
         run.preempt.close()
         log.info(
@@ -272,7 +307,21 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     return run.last_epoch
 
 
-def _loop(run: _Run, state, step_fn, data, ckpt, store, start, bsh, rep, shardings):
+def _next_phase(run: _Run, state, store, mesh, bsh, rep, step: int):
+    """Move to the phase that takes ``step``: its models and step function, the state carried
+    over (fresh optimizer states), the metric records tagged with its name."""
+    index = _phase_of(run.plan, step)
+    phase = _build_phase(run.cfg, run.plan, index, store, mesh, bsh, rep)
+    carry = jax.jit(functools.partial(enter_phase, phase.models), out_shardings=phase.shardings)
+    state = carry(state)
+    run.phase, run.models, run.eval_fn = phase, phase.models, None
+    run.writer.tags = {"phase": phase.name}
+    log.info("phase %d/%d %r from step %d to %d", index + 1, len(run.plan), phase.name,
+             phase.first, phase.last)  # fmt: skip
+    return state
+
+
+def _loop(run: _Run, state, data, ckpt, store, start, bsh, rep, mesh):
     cfg = run.cfg
     seconds = cfg.data.segment_seconds * cfg.data.batch_size
     bar = tqdm(
@@ -285,8 +334,17 @@ def _loop(run: _Run, state, step_fn, data, ckpt, store, start, bsh, rep, shardin
     pending = None
     t_last = time.perf_counter()
     for step in range(start + 1, run.total_steps + 1):
+        if step > run.phase.last:
+            if pending is not None:  # the previous phase's last metrics
+                _handle(run, *pending, bar)
+                pending = None
+            state = _next_phase(run, state, store, mesh, bsh, rep, step)
+        if cfg.phases and step == run.phase.first:
+            run.writer.write(step, {"train/phase_index": float(run.phase.index)})
+        if cfg.phases:
+            bar.set_description(f"phase {run.phase.name}", refresh=False)
         batch = global_batch(next(data), bsh)
-        state, metrics = step_fn(state, batch)
+        state, metrics = run.phase.step_fn(state, batch)
         if pending is not None:  # read the previous step's metrics: dispatch stays async
             _handle(run, *pending, bar)
         now = time.perf_counter()
@@ -304,7 +362,7 @@ def _loop(run: _Run, state, step_fn, data, ckpt, store, start, bsh, rep, shardin
         if epoch_end:
             _end_epoch(run, step)
         if eval_due:
-            _evaluate(run, state, store, step, bsh, rep, shardings)
+            _evaluate(run, state, store, step, bsh, rep, run.phase.shardings)
         every = cfg.objective_eval_every_steps
         if every and (step % every == 0 or step == run.total_steps):
             _objective_eval(run, state, store, step)
@@ -316,6 +374,8 @@ def _loop(run: _Run, state, step_fn, data, ckpt, store, start, bsh, rep, shardin
                 "last_epoch": run.last_epoch,
                 "wavlm_dim": run.models.wavlm_dim,
                 "llm_dim": run.models.llm_dim,
+                "phase": run.phase.name,
+                "phase_index": run.phase.index,
             }
             run.writer.flush()  # every record up to this checkpoint is durable before it
             ckpt.save(step, state, progress, cfg, metrics=ranking_metrics(run, epoch_end))
@@ -352,7 +412,7 @@ def _handle(run: _Run, step: int, metrics, audio_per_s: float, bar) -> None:
     record = {}
     if step % run.cfg.log_every_steps == 0 or step == 1:
         record = step_record(values)
-    if shares and share_measured(run.cfg, step - 1):
+    if shares and share_measured(run.models.cfg, step - 1):
         record.update(step_record(shares))
     if record:
         run.writer.write(step, record, epoch=(step - 1) // run.steps_per_epoch)
@@ -432,7 +492,7 @@ def _objective_eval(run: _Run, state, store, step: int) -> None:
         log.warning("objective evaluation skipped at step %d: no validation clips", step)
         return
     # Every process takes part in the gather; process 0 scores.
-    local = {"params": eval_params(state, cfg)["codec"], "codebooks": state.codebooks}
+    local = {"params": eval_params(state, run.models.cfg)["codec"], "codebooks": state.codebooks}
     variables = multihost_utils.process_allgather(local, tiled=True)
     if not run.is_main:
         return

@@ -233,6 +233,25 @@ def test_adversarial_only_phase_and_audio_tip(tmp_path):
     assert any("audio" in d["issue"].lower() for d in rep["diagnosis"])
 
 
+def test_curriculum_phase_takes_its_overrides(tmp_path):
+    """A curriculum run's records carry their phase; the report reads the config as that phase
+    trains (the logged config lists each phase's overrides as key/value pairs)."""
+    records = _run_records()
+    adv_only = [["loss.adversarial_only", True]]
+    phases = [{"name": "adapt", "steps": 3, "overrides": []},
+              {"name": "adv", "steps": 0, "overrides": adv_only}]  # fmt: skip
+    records[0]["config"]["phases"] = phases
+    log = report.records_to_log(records, "mem")
+    assert log.curriculum_phase is None and report.detect_phase(log)[0] == "adaptation"
+    tagged = [{**r, "phase": "adv"} if "config" not in r else r for r in records]
+    log = report.records_to_log(tagged, "mem")
+    assert log.curriculum_phase == "adv"
+    assert report.detect_phase(log)[0] == "adversarial fine-tuning"
+    rep = report.build_report(log)
+    assert "curriculum phase 'adv'" in rep["phase_reason"]
+    assert records[0]["config"]["loss"].get("adversarial_only") is not True  # not mutated
+
+
 def test_phase_from_msspec_without_config(tmp_path):
     records = [r for r in _run_records(adversarial_only=True) if "config" not in r]
     log = report.records_to_log(records, "mem")

@@ -261,3 +261,58 @@ def test_health_report_on_the_demo_workdir(demo_run, tmp_path):
     }
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert 0.0 <= report["curves"]["train/grad_share/msspec"] <= 1.0
+
+
+CURRICULUM = "configs/curriculum_demo.py:4"  # warmup 1-4, adapt 5-8, adversarial 9-12
+
+
+def test_curriculum_switches_phases_and_resumes_exactly_after_kill9(tmp_path):
+    """A 3-phase run moves through its phases by itself; killed with SIGKILL in phase 2 and
+    restarted, its per-step losses equal the uninterrupted run's exactly."""
+    whole = tmp_path / "whole"
+    every = "--config.checkpoint.every_steps=2"
+    subprocess.run(_cmd(whole, every, config=CURRICULUM), cwd=ROOT, env=_env(), check=True,
+                   capture_output=True, timeout=900)  # fmt: skip
+    reference = _step_losses(whole)
+    assert sorted(reference) == list(range(1, 13))
+    records = _records(whole)
+    phase_of = {r["step"]: r["phase"] for r in records if "train/loss_g_step" in r}
+    assert [phase_of[s] for s in (1, 4, 5, 8, 9, 12)] == [
+        "warmup", "warmup", "adapt", "adapt", "adversarial", "adversarial"]  # fmt: skip
+    starts = {r["step"]: r["phase"] for r in records if "train/phase_index" in r}
+    assert starts == {1: "warmup", 5: "adapt", 9: "adversarial"}
+    no_gan = [reference[s][k] for s in range(1, 5) for k in ("adv_g", "feat", "loss_d")]
+    assert no_gan == [0.0] * 12  # warm-up: no discriminator
+    assert all(reference[s]["loss_d"] > 0.0 and reference[s]["feat"] > 0.0 for s in range(5, 13))
+    assert all(reference[s]["msspec"] > 0.0 for s in range(1, 9))
+    assert all(reference[s]["msspec"] == 0.0 for s in range(9, 13))  # adversarial only
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(killed, every, config=CURRICULUM), cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            done = _step_losses(killed)
+            if done and max(done) >= 6:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert 6 <= max(_step_losses(killed)) <= 8  # killed in phase 2
+    subprocess.run(_cmd(killed, every, config=CURRICULUM), cwd=ROOT, env=_env(), check=True,
+                   capture_output=True, timeout=900)  # fmt: skip
+    resumed = _step_losses(killed)
+    assert sorted(resumed) == list(range(1, 13))
+    for step in range(1, 13):
+        assert resumed[step] == reference[step], step
+    # the final checkpoint is the last phase's, and the tools read it
+    from amylm_jax.checkpoint import restore_run_state
+
+    cfg, state = restore_run_state(killed)
+    assert int(state.step) == 12 and cfg.loss.adversarial_only and not cfg.phases

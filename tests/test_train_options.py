@@ -238,3 +238,41 @@ def test_mimi_recipe_config_trains_on_the_demo_store(tmp_path):
     assert step1["train/lr_g_step"] < cfg.optim.lr_g  # warming up
     _, state = restore_run_state(str(tmp_path))
     assert state.ema_params is not None and state.balancer is not None
+
+
+# ------------------------------------------------------------------------------- curriculum
+def test_phases_validate_and_build_each_phase_config():
+    from amylm_jax.config import TrainConfig, config_to_json, from_dict
+
+    no_gan = {"loss.alpha_adv": 0.0, "loss.alpha_feat": 0.0}
+    data = {"max_steps": 6, "phases": [
+        {"name": "warmup", "steps": 2, "overrides": no_gan},
+        {"name": "adapt", "steps": 2},
+        {"name": "adv", "steps": 0, "overrides": {"loss.adversarial_only": True,
+                                                  "frozen": ["encoder"]}},
+    ]}  # fmt: skip
+    cfg = from_dict(TrainConfig, data)
+    assert cfg.phase_plan(6) == [("warmup", 1, 2), ("adapt", 3, 4), ("adv", 5, 6)]
+    assert cfg.phase_plan(9)[-1] == ("adv", 5, 9)  # the last phase fills the run
+    assert not cfg.phase_config(0).loss.gan and cfg.phase_config(1).loss.gan
+    assert cfg.phase_config(2).frozen == ("encoder",) and cfg.phase_config(2).phases == ()
+    assert cfg.phase_config(1) == TrainConfig(max_steps=6)
+    assert from_dict(TrainConfig, config_to_json(cfg)) == cfg  # a checkpoint's config round trip
+    assert TrainConfig().phase_plan(7) == [("train", 1, 7)]
+    bad = [
+        ({"name": "a", "steps": 2, "overrides": {"codec.quantizer.bins": 4}}, "may change only"),
+        ({"name": "a", "steps": 2, "overrides": {"loss.alpha_nope": 1.0}}, "unknown config key"),
+        ({"name": "a", "steps": 2, "overrides": {"loss.llm_latent": "x"}}, "phase 'a'"),
+    ]
+    for phase, message in bad:
+        with pytest.raises(ValueError, match=message):
+            from_dict(TrainConfig, {"phases": [phase]})
+    with pytest.raises(ValueError, match="only for the last phase"):
+        from_dict(TrainConfig, {"phases": [{"name": "a"}, {"name": "b", "steps": 2}]})
+    with pytest.raises(ValueError, match="distinct"):
+        from_dict(TrainConfig, {"phases": [{"name": "a", "steps": 1}, {"name": "a"}]})
+    fixed = from_dict(
+        TrainConfig, {"phases": [{"name": "a", "steps": 3}, {"name": "b", "steps": 3}]}
+    )
+    with pytest.raises(ValueError, match="the phases take 6 steps"):
+        fixed.phase_plan(5)

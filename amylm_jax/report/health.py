@@ -145,6 +145,8 @@ def _fixes_not_in_force(fixes: tuple[str, ...], config: Mapping[str, Any]) -> tu
 def build_report(log: RunLog) -> dict[str, Any]:
     """The report as a JSON-ready dict (metric names without the ``train/`` prefix)."""
     phase, phase_reason = detect_phase(log)
+    if log.curriculum_phase is not None:
+        phase_reason += f"; curriculum phase {log.curriculum_phase!r}"
     alphas = _alphas(log.config)
     disc_off = bool(log.config) and alphas["adv"] == 0.0 and alphas["feat"] == 0.0
     metrics: dict[str, dict[str, Any]] = {}

@@ -7,6 +7,7 @@ part files (:mod:`amylm_jax.metrics`); both read the same. A text file of
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,8 @@ class RunLog:
     curves: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
     skipped_lines: int = 0
     epochs_numbered: bool = True  # False when epoch records carry no "epoch" (pasted lines)
+    # A curriculum run: the phase of the latest record (``config`` is then that phase's).
+    curriculum_phase: str | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -80,6 +83,22 @@ def _read_text(path: Any, text: str) -> list[dict[str, Any]]:
     return [record]
 
 
+def phase_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A curriculum run's logged config as phase ``name`` trains: its overrides applied."""
+    out = copy.deepcopy(dict(config))
+    for phase in out.get("phases") or ():
+        if isinstance(phase, Mapping) and phase.get("name") == name:
+            overrides = phase.get("overrides") or ()
+            items = overrides.items() if isinstance(overrides, Mapping) else overrides
+            for key, value in items:
+                *parents, leaf = str(key).split(".")
+                node = out
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = value
+    return out
+
+
 def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
     """Sort records into epoch, step and validation series; unrelated keys are ignored."""
     log = RunLog(source=source)
@@ -90,6 +109,8 @@ def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
     for index, record in enumerate(records):
         if isinstance(record.get("config"), Mapping):
             log.config = dict(record["config"])
+        if isinstance(record.get("phase"), str):
+            log.curriculum_phase = record["phase"]
         step = _number(record.get("step"))
         x_step = int(step) if step is not None else index
         has_epoch_key = False
@@ -112,6 +133,8 @@ def records_to_log(records: Sequence[Mapping[str, Any]], source: str) -> RunLog:
             elif key.startswith("train/") and key.endswith("_step"):
                 steps.setdefault(canonical_name(key), {})[x_step] = value
         n_epoch_records += has_epoch_key
+    if log.curriculum_phase is not None:
+        log.config = phase_config(log.config, log.curriculum_phase)
     log.epochs = {k: sorted(v.items()) for k, v in epochs.items()}
     log.steps = {k: sorted(v.items()) for k, v in steps.items()}
     log.curves = {k: sorted(v.items()) for k, v in curves.items()}
