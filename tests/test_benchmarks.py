@@ -122,3 +122,21 @@ def test_align_demo_prints_the_boundary_errors():
     assert result["clips_aligned"] == result["words_matched"] == 48
     assert result["boundaries"] == 384 and result["median_ms"] <= 40
     assert set(result) >= {"p95_ms", "within_80ms", "wall_s"}
+
+
+def test_gpu_suite_cpu_smoke(tmp_path):
+    """The one-command GPU measurement, run on CPU at demo size: every run succeeds and lands
+    in one JSON and one markdown table."""
+    out = _process(["benchmarks/gpu_suite.py", "--cpu-smoke", f"--out={tmp_path}"], timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert report["smoke"] and report["versions"]["jax_backend"] == "cpu"
+    kinds = [r["kind"] for r in report["runs"]]
+    assert kinds == ["throughput", "throughput", "formulations"]
+    for row in report["runs"]:
+        assert row["returncode"] == 0, row.get("error")
+    for row in report["runs"][:2]:
+        assert row["jax_audio_s_per_s"] > 0 and row["torch_audio_s_per_s"] > 0
+    assert [r["jax_precision"] for r in report["runs"][:2]] == ["fp32", "bf16"]
+    table = (tmp_path / "gpu_suite.md").read_text()
+    assert "| throughput b2 jax-bf16 torch-fp32 |" in table and "CPU smoke run" in table
