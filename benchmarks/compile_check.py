@@ -1,7 +1,17 @@
 """Compile the train step for a target mesh on CPU and print its per-device memory and FLOPs.
 
     python benchmarks/compile_check.py --config=configs/adapt.py --mesh=data:16 \\
-        [--batch=N] [--precision=bf16] [--seconds=1.0]
+        [--batch=N] [--precision=bf16] [--seconds=1.0] [--json=OUT]
+    # for real TPU chips, ahead of time on this CPU (needs libtpu: pip install "jax[tpu]"):
+    python benchmarks/compile_check.py --config=configs/adapt.py --topology=v5e:2x2 \\
+        --precision=bf16 [--batch=N] [--json=OUT]
+
+With ``--topology`` the step is compiled by the TPU compiler for that slice's chips (one mesh
+axis ``data`` over all of them, the config's formulations resolved for TPU), and the figures
+are the TPU compiler's own: HBM per chip against the chip's capacity, FLOPs, and XLA's TPU
+cost-model step time where it is valid (it can come back negative for this step: then it is
+reported as null, never as a figure). Everything printed is a compiler estimate, not a
+measurement.
 
 Uses ``N`` virtual CPU devices (``--xla_force_host_platform_device_count``, set before JAX
 is imported), the abstract state of ``jax.eval_shape`` (nothing is initialised) and the
@@ -14,6 +24,7 @@ accelerator's buffer assignment differs somewhat (treat them as estimates, with 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -29,6 +40,10 @@ def _mesh_arg(argv: list[str]) -> list[tuple[str, int]]:
 
 
 # The device count must be fixed before JAX is imported anywhere.
+_TOPOLOGY = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--topology=")), None)
+if _TOPOLOGY:  # the TPU compiler on a machine without TPUs: no host to detect
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 _AXES = _mesh_arg(sys.argv)
 if any(s == -1 for _, s in _AXES):
     _DEVICES = 1
@@ -49,8 +64,28 @@ flags.DEFINE_string("mesh", "data:-1", "Mesh axes, e.g. data:16 or data:4,fsdp:4
 flags.DEFINE_integer("batch", None, "Global batch (default: the config's data.batch_size).")
 flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "Compute precision.")
 flags.DEFINE_float("seconds", 1.0, "Crop length in seconds.")
+flags.DEFINE_string("topology", None, "Compile for this TPU slice (v5e:2x2, v5p:2x2x1, ...).")
+flags.DEFINE_string("json", None, "Also write the figures as JSON here.")
 
 WAVLM_DIM, LLM_DIM = 1024, 2048
+#: HBM per chip (GiB) and dense bf16 peak (FLOP/s) of the TPU generations (Cloud TPU docs).
+TPU_CHIPS = {"v5e": (16, 197e12), "v5litepod": (16, 197e12), "v5p": (95, 459e12),
+             "v6e": (32, 918e12), "v4": (32, 275e12)}  # fmt: skip
+
+
+def _tpu_mesh(topology: str):
+    import jax
+    import numpy as np
+    from jax.experimental import topologies
+
+    try:
+        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+    except Exception as err:  # noqa: BLE001 (libtpu missing or an unknown slice name)
+        raise app.UsageError(
+            f"--topology={topology}: cannot get the TPU topology ({err}); install libtpu "
+            '(pip install "jax[tpu]") and name a slice such as v5e:2x2'
+        ) from err
+    return jax.sharding.Mesh(np.array(desc.devices).reshape(-1), ("data",))
 
 
 def main(argv: list[str]) -> None:
@@ -67,7 +102,17 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("pass --config=configs/adapt.py")
     cfg = train_config(FLAGS.config, FLAGS.precision)
     batch = FLAGS.batch or cfg.data.batch_size
-    mesh = make_mesh(_AXES)
+    if FLAGS.topology:
+        import dataclasses
+
+        mesh = _tpu_mesh(FLAGS.topology)
+        codec = dataclasses.replace(
+            cfg.codec, transpose_method=cfg.codec.resolved_transpose_method("tpu")
+        )
+        disc = dataclasses.replace(cfg.disc, conv_method=cfg.disc.resolved_conv_method("tpu"))
+        cfg = dataclasses.replace(cfg, codec=codec, disc=disc)
+    else:
+        mesh = make_mesh(_AXES)
     if batch % mesh.size:
         raise app.UsageError(f"--batch={batch} must be divisible by the {mesh.size} devices")
     models = build_models(cfg, WAVLM_DIM, LLM_DIM)
@@ -90,18 +135,28 @@ def main(argv: list[str]) -> None:
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
+    if FLAGS.topology:  # no devices to place on: the shardings travel with the shapes
+        abstract = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
+        abstract_batch = {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh)
+            for k, v in abstract_batch.items()
+        }
     compiled, lower_s, compile_s = lower_and_compile(step, abstract, abstract_batch)
     mem = _memory_dict(compiled.memory_analysis())
     flops = _flops_of(compiled)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.gen_params))
     n_disc = sum(x.size for x in jax.tree_util.tree_leaves(abstract.disc_params))
-    print(f"mesh {dict(mesh.shape)} ({mesh.size} CPU devices), global batch {batch}")
+    kind = f"{FLAGS.topology} TPU chips" if FLAGS.topology else "CPU devices"
+    print(f"mesh {dict(mesh.shape)} ({mesh.size} {kind}), global batch {batch}")
     per_device = batch // mesh.size
     print(f"precision {cfg.precision}, {FLAGS.seconds} s crops, per-device batch {per_device}")
     print(f"generator params {n_params / 1e6:.1f} M, discriminator params {n_disc / 1e6:.2f} M")
     print(f"lower {lower_s:.1f} s, compile {compile_s:.1f} s")
     if mem is not None:
-        print("memory per device (XLA:CPU buffer assignment):")
+        compiler = "the TPU compiler's" if FLAGS.topology else "XLA:CPU"
+        print(f"memory per device ({compiler} buffer assignment):")
         for name, mib in mem.items():
             print(f"  {name:15s}{mib:10.1f} MiB")
         total = mem["argument"] + mem["output"] + mem["temp"] - mem.get("alias", 0.0)
@@ -111,6 +166,49 @@ def main(argv: list[str]) -> None:
             f"FLOPs per step: {flops / 1e9:.1f} GFLOP per device (XLA cost analysis), "
             f"{flops / 1e9 / max(batch // mesh.size, 1):.1f} GFLOP per example"
         )
+    if FLAGS.topology or FLAGS.json:
+        _report(compiled, mem, flops, mesh, batch, compile_s, cfg)
+
+
+def _report(compiled, mem, flops, mesh, batch, compile_s, cfg) -> None:
+    """The TPU figures (all compiler estimates) printed and, with --json, written."""
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    optimal = cost.get("optimal_seconds")
+    step_s = float(optimal) if optimal is not None and optimal > 0 else None
+    chip = (FLAGS.topology or "").split(":")[0]
+    capacity, peak = TPU_CHIPS.get(chip, (None, None))
+    peak_gib = None
+    if mem is not None:
+        peak_gib = (mem["argument"] + mem["output"] + mem["temp"] - mem.get("alias", 0.0)) / 1024
+    per_chip = batch // mesh.size
+    audio = per_chip * FLAGS.seconds / step_s if step_s else None
+    result = {
+        "topology": FLAGS.topology,
+        "chips": mesh.size,
+        "global_batch": batch,
+        "precision": cfg.precision,
+        "transpose_method": cfg.codec.transpose_method,
+        "disc_conv": cfg.disc.conv_method,
+        "hbm_peak_gib": peak_gib,
+        "hbm_capacity_gib": capacity,
+        "fits": None if capacity is None or peak_gib is None else peak_gib <= capacity,
+        "generated_code_mib": None if mem is None else mem.get("generated_code"),
+        "flops_per_chip": flops,
+        "cost_model_step_s": step_s,
+        "cost_model_raw_optimal_seconds": optimal,
+        "audio_s_per_s_per_chip": audio,
+        "mfu": flops / step_s / peak if (flops and step_s and peak) else None,
+        "compile_s": compile_s,
+        "estimate": "compiler estimates (memory: buffer assignment; time: XLA's cost model, "
+        "null where it is invalid)",
+    }
+    if FLAGS.topology:
+        state = "null (invalid: negative)" if optimal is not None and step_s is None else step_s
+        print(f"cost-model step time (estimate): {state}; HBM capacity per chip: {capacity} GiB")
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,14 @@ python -m pip install -q -e '.[test]'
 # The PyTorch Mimi reference for parity tests. Its pins conflict with our stack, so it is
 # installed without dependencies (it needs only torch, numpy, safetensors, einops, sphn here).
 python -m pip install -q --no-deps moshi==0.2.13 sentencepiece sphn einops
+# libtpu (the TPU compiler) for the ahead-of-time TPU compile test. It goes into its own folder,
+# handed to that test's subprocess only: importable everywhere, it makes every JAX start on a
+# machine without TPUs print host-detection errors.
+if [ ! -d .venv/libtpu/libtpu ]; then
+  req=$(python -c "import importlib.metadata as m; print(next(r.split(';')[0].strip() for r in m.requires('jax') if r.startswith('libtpu')))")
+  python -m pip install -q --target .venv/libtpu "$req" ||
+    echo "libtpu could not be installed: the TPU compile test says so and is skipped"
+fi
 ruff check amylm_jax tests benchmarks configs launch scripts
 ruff format --check amylm_jax tests benchmarks configs launch scripts
 # A skipped test fails the run (a missing dependency must not hide a suite); set

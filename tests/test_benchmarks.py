@@ -140,3 +140,31 @@ def test_gpu_suite_cpu_smoke(tmp_path):
     assert [r["jax_precision"] for r in report["runs"][:2]] == ["fp32", "bf16"]
     table = (tmp_path / "gpu_suite.md").read_text()
     assert "| throughput b2 jax-bf16 torch-fp32 |" in table and "CPU smoke run" in table
+
+
+LIBTPU = ROOT / ".venv" / "libtpu"  # installed there by scripts/test.sh
+
+
+def test_compile_check_compiles_the_demo_step_for_tpu_chips(tmp_path):
+    """The TPU compiler, ahead of time on this CPU: the demo step for a v5e 2x2 slice."""
+    if not (LIBTPU / "libtpu").is_dir():
+        pytest.skip(f"libtpu is not installed in {LIBTPU} (scripts/test.sh installs it there)")
+    out = tmp_path / "tpu.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(LIBTPU)])
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/compile_check.py", "--config=configs/demo.py",
+         "--topology=v5e:2x2", "--precision=bf16", "--batch=4", "--seconds=0.5",
+         f"--json={out}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "mesh {'data': 4} (4 v5e:2x2 TPU chips), global batch 4" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["topology"] == "v5e:2x2" and res["chips"] == 4 and res["global_batch"] == 4
+    assert res["transpose_method"] == "dilated" and res["disc_conv"] == "lax"  # TPU "auto"
+    assert res["hbm_capacity_gib"] == 16 and res["fits"] is True
+    assert 0 < res["hbm_peak_gib"] < 16 and res["flops_per_chip"] > 0 and res["compile_s"] > 0
+    step = res["cost_model_step_s"]
+    assert step is None or step > 0  # an invalid (negative) cost-model figure is never reported
