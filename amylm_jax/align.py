@@ -27,7 +27,7 @@ from absl import flags
 
 from amylm_jax import cli
 from amylm_jax.data import aligners
-from amylm_jax.data.extract import shard_from_env
+from amylm_jax.data.extract import resolve_shards
 from amylm_jax.data.wordalign import align_corpus, join_parts
 
 FLAGS = cli.new_flags()
@@ -103,11 +103,7 @@ def _main(args: list[str]) -> int:
     else:
         if not FLAGS.audio:
             raise cli.UsageError("--audio is required (or --join)")
-        num_shards, shard_index = shard_from_env()
-        if FLAGS.num_shards is not None or FLAGS.shard_index is not None:
-            if FLAGS.num_shards is None or FLAGS.shard_index is None:
-                raise cli.UsageError("give both --num_shards and --shard_index")
-            num_shards, shard_index = FLAGS.num_shards, FLAGS.shard_index
+        num_shards, shard_index = resolve_shards(FLAGS.num_shards, FLAGS.shard_index)
         report = align_corpus(
             FLAGS.audio,
             FLAGS.out,

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from amylm_jax import cli
-from amylm_jax.data.extract import build_store, join_parts, shard_from_env
+from amylm_jax.data.extract import build_store, join_parts, resolve_shards
 from amylm_jax.data.importer import import_hf_dataset
 from amylm_jax.data.store import check_store
 from amylm_jax.data.teachers import DEFAULT_LLM, DEFAULT_WAVLM
@@ -152,11 +152,7 @@ def run_mode() -> dict:
             overwrite=FLAGS.overwrite,
         )
     else:
-        num_shards, shard_index = shard_from_env()
-        if FLAGS.num_shards is not None or FLAGS.shard_index is not None:
-            if FLAGS.num_shards is None or FLAGS.shard_index is None:
-                raise cli.UsageError("give both --num_shards and --shard_index")
-            num_shards, shard_index = FLAGS.num_shards, FLAGS.shard_index
+        num_shards, shard_index = resolve_shards(FLAGS.num_shards, FLAGS.shard_index)
         report = build_store(
             FLAGS.manifest,
             FLAGS.out,

@@ -344,7 +344,7 @@ def test_two_shards_joined_equal_one_process_and_resume_clip_by_clip(tmp_path):
 
 
 def test_join_refuses_missing_parts_and_env_gives_the_shard(tmp_path):
-    from amylm_jax.data.extract import join_parts, shard_from_env
+    from amylm_jax.data.extract import join_parts, resolve_shards, shard_from_env
 
     (tmp_path / "s" / "parts" / "00000-of-00002").mkdir(parents=True)
     with pytest.raises(ValueError, match="00001-of-00002.*rerun those shards"):
@@ -357,3 +357,8 @@ def test_join_refuses_missing_parts_and_env_gives_the_shard(tmp_path):
     assert shard_from_env({"SLURM_NTASKS": "3", "SLURM_PROCID": "1"}) == (3, 1)
     tpu = {"TPU_WORKER_HOSTNAMES": "h0,h1,h2,h3", "TPU_WORKER_ID": "3"}
     assert shard_from_env(tpu) == (4, 3)
+    # Flags win over the environment; one flag alone is refused.
+    assert resolve_shards(None, None, tpu) == (4, 3)
+    assert resolve_shards(2, 1, tpu) == (2, 1)
+    with pytest.raises(ValueError, match="give both --num_shards and --shard_index"):
+        resolve_shards(2, None, {})

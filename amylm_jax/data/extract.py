@@ -499,6 +499,18 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     return 1, 0
 
 
+def resolve_shards(
+    num_shards: int | None, shard_index: int | None, env: Mapping[str, str] | None = None
+) -> tuple[int, int]:
+    """``(num_shards, shard_index)`` from the command line when given, else from the job
+    environment (:func:`shard_from_env`). Both flags or neither: one alone is an error."""
+    if num_shards is None and shard_index is None:
+        return shard_from_env(env)
+    if num_shards is None or shard_index is None:
+        raise ValueError("give both --num_shards and --shard_index")
+    return num_shards, shard_index
+
+
 def join_parts(out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write ``OUT/manifest.json`` over the part stores in ``OUT/parts``; returns it.
 
