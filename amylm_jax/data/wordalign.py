@@ -482,6 +482,12 @@ def _silent(wave: np.ndarray, rate: int) -> bool:
     return bool(np.max(rms) < 10 ** (SILENCE_DBFS / 20))
 
 
+def _skipped(clip_id: str, reason: str, kind: str, score: float | None = None) -> dict:
+    """The work-log entry of a file that gave no record: why, and under which count."""
+    return {"records": [], "skipped": [(clip_id, reason)], "kind": kind, "repaired": False,
+            "score": score}  # fmt: skip
+
+
 def _align_batch(batch, aligner, settings, manifest_dir, out) -> list[dict]:
     entries: list[dict | None] = [None] * len(batch)
     waves, texts, where = [], [], []
@@ -492,18 +498,15 @@ def _align_batch(batch, aligner, settings, manifest_dir, out) -> list[dict]:
             if len(wave) / rate < 0.1:
                 raise audio.AudioError(f"{src.key}: audio too short ({len(wave) / rate:.3f} s)")
         except audio.AudioError as err:
-            entries[j] = {"records": [], "skipped": [(src.clip_id, str(err))], "kind": "audio",
-                          "repaired": False}  # fmt: skip
+            entries[j] = _skipped(src.clip_id, str(err), "audio")
             continue
         if src.transcript is None and _silent(wave, rate):
             # Recognisers hallucinate words in silence: there is nothing to recognise.
-            entries[j] = {"records": [], "skipped": [(src.clip_id, "no recognised words "
-                          f"(silent: no 20 ms frame above {SILENCE_DBFS} dBFS)")],
-                          "kind": "words", "repaired": False}  # fmt: skip
+            reason = f"no recognised words (silent: no 20 ms frame above {SILENCE_DBFS} dBFS)"
+            entries[j] = _skipped(src.clip_id, reason, "words")
             continue
         if src.transcript is not None and not aligners.transcript_words(src.transcript):
-            entries[j] = {"records": [], "skipped": [(src.clip_id, "empty transcript")],
-                          "kind": "transcript", "repaired": False}  # fmt: skip
+            entries[j] = _skipped(src.clip_id, "empty transcript", "transcript")
             continue
         waves.append(audio.resample(wave, rate, aligners.RATE))
         texts.append(src.transcript)
@@ -516,19 +519,16 @@ def _align_batch(batch, aligner, settings, manifest_dir, out) -> list[dict]:
             reason = result.error + ("" if result.score is None else f" (score {result.score:.3f})")
             kind = "transcript" if src.transcript is not None else "words"
             kind = "missing" if result.error == aligners.NO_TRANSCRIPT else kind
-            entries[j] = {"records": [], "skipped": [(src.clip_id, reason)], "kind": kind,
-                          "repaired": False, "score": result.score}  # fmt: skip
+            entries[j] = _skipped(src.clip_id, reason, kind, result.score)
             continue
         if settings["min_score"] is not None and (result.score or 0.0) < settings["min_score"]:
             # (an aligner without scores is refused with min_score before the run)
             reason = f"alignment score {result.score:.3f} below min_score {settings['min_score']}"
-            entries[j] = {"records": [], "skipped": [(src.clip_id, reason)], "kind": "score",
-                          "repaired": False, "score": result.score}  # fmt: skip
+            entries[j] = _skipped(src.clip_id, reason, "score", result.score)
             continue
         words, repaired = repair_words(result.words, durations[j])
         if not words:
-            entries[j] = {"records": [], "skipped": [(src.clip_id, "no recognised words")],
-                          "kind": "words", "repaired": False}  # fmt: skip
+            entries[j] = _skipped(src.clip_id, "no recognised words", "words")
             continue
         ref = _audio_ref(src, manifest_dir, out)
         records, empty = _records(src, words, durations[j], result.score, settings, ref)
