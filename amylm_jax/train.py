@@ -185,13 +185,15 @@ class _Phase:
     first: int
     last: int
     models: Models
+    abstract: Any  # the train state's shapes and dtypes under this phase's models
     shardings: Any
     step_fn: Any
 
 
 def _build_phase(cfg: TrainConfig, plan, index: int, store, mesh, bsh, rep) -> _Phase:
     models = build_models(cfg.phase_config(index), store.wavlm_dim, store.llm_dim)
-    shardings = state_shardings(abstract_state(models), mesh)
+    abstract = abstract_state(models)
+    shardings = state_shardings(abstract, mesh)
     step_impl = train_step if models.cfg.shared_disc_forward else train_step_reference
     step_fn = jax.jit(
         functools.partial(step_impl, models),
@@ -200,7 +202,7 @@ def _build_phase(cfg: TrainConfig, plan, index: int, store, mesh, bsh, rep) -> _
         donate_argnums=0,
     )
     name, first, last = plan[index]
-    return _Phase(index, name, first, last, models, shardings, step_fn)
+    return _Phase(index, name, first, last, models, abstract, shardings, step_fn)
 
 
 def _phase_of(plan, step: int) -> int:
@@ -212,7 +214,6 @@ def _phase_of(plan, step: int) -> int:
 class _Run:
     cfg: TrainConfig  # the run's config (with its phases); models.cfg is the phase's
     workdir: str
-    models: Models
     writer: MetricWriter
     steps_per_epoch: int
     total_steps: int
@@ -223,6 +224,11 @@ class _Run:
     preempt: PreemptionWatch | None = None
     phase: _Phase | None = None
     plan: list = dataclasses.field(default_factory=list)
+
+    @property
+    def models(self) -> Models:
+        """The models of the phase being trained."""
+        return self.phase.models
 
 
 def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
@@ -249,9 +255,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     # The phase that wrote the checkpoint (its state's layout), or the first one.
     phase = _build_phase(cfg, plan, _phase_of(plan, start or 0), store, mesh, bsh, rep)
     models, shardings = phase.models, phase.shardings
-    abstract = abstract_state(models)
     if start is not None:
-        state, progress = ckpt.restore(start, abstract_like(abstract, shardings))
+        state, progress = ckpt.restore(start, abstract_like(phase.abstract, shardings))
         log.info("resumed from %s at step %d", ckpt.directory, start)
         if is_main:
             dropped = truncate_after(workdir, start)
@@ -273,7 +278,6 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     run = _Run(
         cfg,
         workdir,
-        models,
         writer,
         spe,
         total,
@@ -314,7 +318,7 @@ def _next_phase(run: _Run, state, store, mesh, bsh, rep, step: int):
     phase = _build_phase(run.cfg, run.plan, index, store, mesh, bsh, rep)
     carry = jax.jit(functools.partial(enter_phase, phase.models), out_shardings=phase.shardings)
     state = carry(state)
-    run.phase, run.models, run.eval_fn = phase, phase.models, None
+    run.phase, run.eval_fn = phase, None
     run.writer.tags = {"phase": phase.name}
     log.info("phase %d/%d %r from step %d to %d", index + 1, len(run.plan), phase.name,
              phase.first, phase.last)  # fmt: skip

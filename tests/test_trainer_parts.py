@@ -88,7 +88,7 @@ def test_nonfinite_loss_stops_with_the_step_named(tmp_path):
             pass
 
     writer = MetricWriter(str(tmp_path), tensorboard=False)
-    run = _Run(TrainConfig(), str(tmp_path), None, writer, 10, 100, EpochAccumulator(), True)
+    run = _Run(TrainConfig(), str(tmp_path), writer, 10, 100, EpochAccumulator(), True)
     metrics = {
         "train/loss_g": np.float32(np.nan),
         "train/loss_d": np.float32(2.0),
@@ -129,7 +129,7 @@ def test_checkpoints_are_ranked_by_the_epoch_that_ends_at_the_save(tmp_path):
     from amylm_jax.train import ranking_metrics
 
     writer = MetricWriter(str(tmp_path), tensorboard=False)
-    run = _Run(TrainConfig(), str(tmp_path), None, writer, 10, 100, EpochAccumulator(), True)
+    run = _Run(TrainConfig(), str(tmp_path), writer, 10, 100, EpochAccumulator(), True)
     run.last_epoch = {"train/msspec_epoch": 0.5}
     assert ranking_metrics(run, epoch_end=True) == {"train/msspec_epoch": 0.5}
     assert ranking_metrics(run, epoch_end=False) is None  # mid-epoch: previous epoch's means
