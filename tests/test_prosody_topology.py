@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from step_helpers import SMALL_DISC, make, make_batch
+from step_helpers import SMALL_DISC, make, make_batch, random_quantizer_variables
 
 from amylm_jax.config import QuantizerConfig, TrainConfig, tiny_codec_config
 from amylm_jax.export import hf_layout
@@ -34,19 +34,7 @@ B, T = 2, 8
 
 def _initialised(model, seed=0):
     """Variables with every active codebook initialised to random centroids."""
-    rng = np.random.default_rng(seed)
-    v = model.init({"params": jax.random.key(seed)}, jnp.zeros((B, T, 32)), train=False)
-    v = jax.tree_util.tree_map(lambda a: a, v)
-    for sub, n in (("rvq_first", 1), ("rvq_prosody", 1), ("rvq_rest", 2)):
-        for layer in range(n):
-            usage = rng.uniform(0.5, 1.5, CFG.bins).astype(np.float32)
-            cent = rng.normal(size=(CFG.bins, CFG.dimension)).astype(np.float32)
-            cb = v["codebooks"][sub][f"layers_{layer}"]
-            cb["embedding_sum"] = jnp.asarray(cent * usage[:, None])
-            cb["cluster_usage"] = jnp.asarray(usage)
-            cb["initialized"] = jnp.float32(1.0)
-    emb = jnp.asarray(rng.normal(size=(B, T, CFG.input_dimension)), jnp.float32)
-    return v, emb
+    return random_quantizer_variables(model, CFG, B, T, seed)
 
 
 def test_config_validates_the_topology():

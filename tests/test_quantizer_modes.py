@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from step_helpers import random_quantizer_variables
 
 from amylm_jax.config import QuantizerConfig
 from amylm_jax.models.quantizer import SplitResidualVQ
@@ -20,21 +21,7 @@ B, T = 2, 8
 
 def random_variables(model, seed=0, uninitialized=()):
     """Variables whose active codebooks are initialised random, except the ``uninitialized``."""
-    rng = np.random.default_rng(seed)
-    v = model.init({"params": jax.random.key(seed)}, jnp.zeros((B, T, 32)), train=False)
-    v = jax.tree_util.tree_map(lambda a: a, v)
-    for sub, n in (("rvq_first", 2), ("rvq_rest", 4)):
-        for l in range(n):
-            if (sub, l) in uninitialized:
-                continue
-            usage = rng.uniform(0.5, 1.5, CFG.bins).astype(np.float32)
-            cent = rng.normal(size=(CFG.bins, CFG.dimension)).astype(np.float32)
-            cb = v["codebooks"][sub][f"layers_{l}"]
-            cb["embedding_sum"] = jnp.asarray(cent * usage[:, None])
-            cb["cluster_usage"] = jnp.asarray(usage)
-            cb["initialized"] = jnp.float32(1.0)
-    emb = jnp.asarray(rng.normal(size=(B, T, CFG.input_dimension)), jnp.float32)
-    return v, emb
+    return random_quantizer_variables(model, CFG, B, T, seed, uninitialized)
 
 
 def nonzero_leaves(tree) -> set[str]:
