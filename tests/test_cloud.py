@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from gcs_emulator import GCSEmulator, activate
+from run_helpers import kill_at_step, run_to_end
 
 from amylm_jax import paths
 from amylm_jax.metrics import read_metrics
@@ -62,10 +61,7 @@ def _cmd(workdir: str, *overrides: str) -> list[str]:
 
 
 def _train(workdir: str, gcs, *overrides: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        _cmd(workdir, *overrides), cwd=ROOT, env=_env(gcs), capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
+    proc = run_to_end(_cmd(workdir, *overrides), _env(gcs))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -88,23 +84,7 @@ def gs_run(gcs, tmp_path_factory):
     plus the same run, uninterrupted, in a local folder."""
     bucket = gcs.bucket("runs")
     workdir = f"{bucket}/demo"
-    proc = subprocess.Popen(
-        _cmd(workdir, *SHORT), cwd=ROOT, env=_env(gcs), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            done = _step_losses(workdir)
-            if done and max(done) >= 7:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_at_step(_cmd(workdir, *SHORT), _env(gcs), lambda: _step_losses(workdir), 7)
     killed_at = max(_step_losses(workdir))
     _train(workdir, gcs, *SHORT)
     local = tmp_path_factory.mktemp("local") / "demo"

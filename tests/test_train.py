@@ -11,10 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from run_helpers import kill_at_step, run_to_end, running, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = ("loss_g", "loss_d", "adv_g", "feat", "wavlm", "llm", "msspec")
@@ -42,14 +42,7 @@ def _cmd(workdir: Path, *overrides: str, config: str = "configs/demo.py") -> lis
 
 
 def _run(workdir: Path, *overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        _cmd(workdir, *overrides),
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_to_end(_cmd(workdir, *overrides), _env(), timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -107,27 +100,7 @@ def test_kill9_resume_is_bit_exact(demo_run, tmp_path):
     """SIGKILL mid-run, restart: the per-step losses equal the uninterrupted run's exactly."""
     workdir = tmp_path / "killed"
     overrides = ("--config.max_steps=30", "--config.checkpoint.every_steps=10")
-    proc = subprocess.Popen(
-        _cmd(workdir, *overrides),
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            done = _step_losses(workdir)
-            if done and max(done) >= 15:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_at_step(_cmd(workdir, *overrides), _env(), lambda: _step_losses(workdir), 15)
     assert max(_step_losses(workdir)) >= 15
     _run(workdir, *overrides)
     resumed = _step_losses(workdir)
@@ -142,23 +115,10 @@ def test_sigterm_checkpoints_the_step_and_exits_75(demo_run, tmp_path):
     of the same command continues exactly like the uninterrupted run."""
     workdir = tmp_path / "preempted"
     overrides = ("--config.max_steps=24", "--config.checkpoint.every_steps=1000")
-    proc = subprocess.Popen(
-        _cmd(workdir, *overrides), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            done = _step_losses(workdir)
-            if done and max(done) >= 9:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "run ended before the notice"
+    with running(_cmd(workdir, *overrides), _env(), stderr=subprocess.PIPE) as proc:
+        wait_for_step(proc, lambda: _step_losses(workdir), 9)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 75, err[-3000:]
     assert "preempted: checkpoint of step" in err
     ckpts = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
@@ -288,25 +248,10 @@ def test_curriculum_switches_phases_and_resumes_exactly_after_kill9(tmp_path):
     assert all(reference[s]["msspec"] == 0.0 for s in range(9, 13))  # adversarial only
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(killed, every, config=CURRICULUM), cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            done = _step_losses(killed)
-            if done and max(done) >= 6:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_at_step(_cmd(killed, every, config=CURRICULUM), _env(), lambda: _step_losses(killed), 6)
     assert 6 <= max(_step_losses(killed)) <= 8  # killed in phase 2
-    subprocess.run(_cmd(killed, every, config=CURRICULUM), cwd=ROOT, env=_env(), check=True,
-                   capture_output=True, timeout=900)  # fmt: skip
+    proc = run_to_end(_cmd(killed, every, config=CURRICULUM), _env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
     resumed = _step_losses(killed)
     assert sorted(resumed) == list(range(1, 13))
     for step in range(1, 13):
