@@ -16,11 +16,12 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from tensorboardX import SummaryWriter, record_writer
+from tensorboardX import record_writer
 
 from amylm_jax import paths
 from amylm_jax.config import TrainConfig
@@ -366,11 +367,53 @@ class _UrlEventFileFactory:
         del path  # object stores have no folders to create
 
 
-def tensorboard_writer(logdir: paths.PathLike) -> Any:
-    """A tensorboardX ``SummaryWriter`` for a local folder or a URL (object storage)."""
-    if paths.is_url(logdir):
-        _register_url_event_writer(str(logdir).split("://", 1)[0])
-    return SummaryWriter(str(logdir) if paths.is_url(logdir) else str(paths.as_path(logdir)))
+class TensorBoardFile:
+    """A TensorBoard event file written in the caller's thread (``add_scalar``/``add_audio``
+    as tensorboardX's ``SummaryWriter``).
+
+    tensorboardX's own writer hands each event to a background thread through a bounded
+    queue; if that thread stops, the training loop blocks forever on the eleventh event. Here
+    an event is encoded and appended where it is made (microseconds for a scalar), and
+    :meth:`flush` makes the file durable at the trainer's own flush points.
+    """
+
+    def __init__(self, logdir: paths.PathLike):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        if paths.is_url(logdir):
+            _register_url_event_writer(str(logdir).split("://", 1)[0])
+            logdir = str(logdir)
+        else:
+            logdir = str(paths.as_path(logdir))
+        record_writer.directory_check(logdir)
+        self._events = EventsWriter(f"{logdir.rstrip('/')}/events")
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX import summary
+
+        self._write(step, summary.scalar(tag, float(value)))
+
+    def add_audio(self, tag: str, wave: np.ndarray, step: int, sample_rate: int) -> None:
+        from tensorboardX import summary
+
+        self._write(step, summary.audio(tag, np.asarray(wave), sample_rate=sample_rate))
+
+    def _write(self, step: int, value: Any) -> None:
+        from tensorboardX.proto import event_pb2
+
+        event = event_pb2.Event(summary=value, step=int(step), wall_time=time.time())
+        self._events.write_event(event)
+
+    def flush(self) -> None:
+        self._events.flush()
+
+    def close(self) -> None:
+        self._events.close()
+
+
+def tensorboard_writer(logdir: paths.PathLike) -> TensorBoardFile:
+    """The TensorBoard event file of a local folder or a URL (object storage)."""
+    return TensorBoardFile(logdir)
 
 
 def _register_url_event_writer(scheme: str) -> None:
