@@ -110,6 +110,13 @@ class QuantizerConfig:
     of codebook 0 inside ``rvq_first``; "parallel" gives it its own one-codebook quantizer
     ``rvq_prosody`` (own input/output projections) on the same latent as codebook 0, the Amy
     design before prosody became a residual: ``x_sp`` is then the sum of the two outputs.
+
+    ``tie_rtol``: 0 (default) picks each vector's code by a plain argmin of the distances, as
+    the original. Above 0, every centroid within ``tie_rtol * (|x|^2 + |e|^2)`` of the nearest
+    squared distance (``e`` the nearest centroid) counts as tied and the lowest index wins
+    (``vq_kmeans.nearest_codes``): codes then no longer depend on a backend's rounding among
+    centroids that are equal in exact arithmetic (see there), at the price of merging distinct
+    centroids that close.
     """
 
     dimension: int = 256
@@ -127,8 +134,11 @@ class QuantizerConfig:
     kmeans_iters: int = 50
     frozen_codebooks: tuple[int, ...] = ()
     prosody_topology: str = "residual"
+    tie_rtol: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.tie_rtol < 1.0:
+            raise ValueError(f"quantizer.tie_rtol must lie in [0, 1), got {self.tie_rtol}")
         if not self.n_q_first <= self.num_codebooks <= self.n_q:
             raise ValueError(
                 f"num_codebooks={self.num_codebooks} must lie in "

@@ -15,7 +15,12 @@ from amylm_jax.config import QuantizerConfig
 from amylm_jax.models import vq_codebook
 from amylm_jax.models.quantizer import SplitResidualVQ
 from amylm_jax.models.vq_codebook import CodebookState, expiry_candidate_indices
-from amylm_jax.models.vq_kmeans import codebook_keys, kmeans, kmeans_sample_indices
+from amylm_jax.models.vq_kmeans import (
+    codebook_keys,
+    kmeans,
+    kmeans_sample_indices,
+    nearest_codes,
+)
 
 CFG = QuantizerConfig(
     dimension=16, input_dimension=32, output_dimension=32, bins=64, n_q=6, num_codebooks=4
@@ -265,3 +270,23 @@ def test_kmeans_previous_layer_rule(model_and_vars, slot0_initialized):
     # the countdown moves only once a slot is initialised (k-means call included)
     cd = [int(v2["codebooks"]["rvq_first"][f"layers_{l}"]["countdown"]) for l in (0, 1)]
     assert cd == ([3, 3] if slot0_initialized else [3, 4])
+
+
+def test_tie_rtol_gives_near_equal_centroids_to_the_lowest_index():
+    """Default: the plain argmin (the original's); with ``tie_rtol`` every centroid within
+    ``tie_rtol * (|x|^2 + |e|^2)`` of the nearest counts as tied and the lowest index wins,
+    while centroids farther apart than that keep the plain argmin."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 16)).astype(np.float32)
+    near = base[2] * np.float32(1 + 3e-7)  # equal to base[2] up to a few ulps
+    far = base[2] * np.float32(1 + 1e-3)
+    centroids = jnp.asarray(np.stack([base[0], near, base[1], base[2], far, base[3]]))
+    x = base[2] * np.float32(1 + 2e-6) + np.zeros((5, 16), np.float32)  # nearest: near/base[2]
+    plain = np.asarray(nearest_codes(jnp.asarray(x), centroids))
+    assert set(plain.tolist()) <= {1, 3}  # float32 cannot tell them apart: rounding decides
+    tied = np.asarray(nearest_codes(jnp.asarray(x), centroids, tie_rtol=1e-5))
+    np.testing.assert_array_equal(tied, 1)  # the lower of the two near-equal centroids
+    y = base[0] + 0.1 * rng.normal(size=(5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(nearest_codes(jnp.asarray(y), centroids, 1e-5)), 0)
+    with pytest.raises(ValueError, match="tie_rtol"):
+        QuantizerConfig(tie_rtol=-1.0)

@@ -6,8 +6,8 @@ phase (msspec off, ``configs/adversarial.py``) and the original order of discrim
 (``shared_disc_forward=False``). Configuration: the tiny codec of ``tiny_codec_config`` (real frame
 arithmetic, 33 -> 6 slots, 4 active codebooks) with the FULL-SIZE MS-STFT discriminator
 (32 filters, all five scales), batch 2 of 0.32 s (7680 samples, 4 frames), WavLM/LLM
-teacher dims 64/96. The full-size codec step does not fit this test's CPU budget; the
-throughput benchmark runs the full-size PyTorch step from JAX weights.
+teacher dims 64/96. ``test_torch_many_steps`` follows both sides for 20 steps from empty
+codebooks (k-means, dead-code replacement), with the full-size codec for the adaptation phase.
 
 The reference is the PyTorch step in float64 (``precision="fp64"``, same code): it tells
 which side's float32 rounding a difference comes from. Measured on this step: the JAX

@@ -249,7 +249,7 @@ class ResidualVQ(nn.Module):
         codes = []
         for l in range(self.n_active):
             emb_l = self.layers[l].embedding()
-            c = nearest_codes(residual, emb_l)
+            c = nearest_codes(residual, emb_l, self.config.tie_rtol)
             residual = residual - jnp.take(emb_l, c, axis=0)
             codes.append(c.reshape(b, t))
         if not codes:

@@ -71,17 +71,19 @@ def usage_ratio(usage: jax.Array, threshold_ratio: float = 0.1) -> jax.Array:
     return jnp.mean((usage > threshold_ratio * jnp.mean(usage)).astype(jnp.float32))
 
 
-def quantize(state: CodebookState, x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
+def quantize(
+    state: CodebookState, x: jax.Array, epsilon: float, tie_rtol: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """Eval-mode quantisation (docs/original.md §3.4 steps 2-3): ``(codes [M], E[codes] [M,
     dim])``."""
     emb = centroids(state, epsilon)
-    codes = nearest_codes(x, emb)
+    codes = nearest_codes(x, emb, tie_rtol)
     return codes, jnp.take(emb, codes, axis=0)
 
 
 def eval_step(state: CodebookState, x: jax.Array, cfg: QuantizerConfig) -> CodebookStep:
     """Quantise without touching the state; metrics describe the current usage."""
-    codes, q = quantize(state, x, cfg.epsilon)
+    codes, q = quantize(state, x, cfg.epsilon, cfg.tie_rtol)
     entropy = jnp.where(state.initialized > 0, normalized_entropy(state.cluster_usage), 0.0)
     return CodebookStep(
         codes=codes,
@@ -97,7 +99,7 @@ def kmeans_init(
 ) -> CodebookState:
     """Run k-means on ``x`` and write it back: sums = means * counts, usage = counts (§3.5)."""
     indices = kmeans_sample_indices(key, x.shape[0], cfg.bins, cfg.kmeans_iters)
-    means, counts = kmeans(x, indices)
+    means, counts = kmeans(x, indices, cfg.tie_rtol)
     return state._replace(
         embedding_sum=means * counts[:, None],
         cluster_usage=counts,
@@ -141,7 +143,7 @@ def train_update(
     initialized = state.initialized > 0
 
     # 2-3. quantise against the pre-update centroids.
-    codes, q = quantize(state, x, cfg.epsilon)
+    codes, q = quantize(state, x, cfg.epsilon, cfg.tie_rtol)
 
     # 4. dead-code check (initialised codebooks only), before the EMA, on pre-update usage.
     countdown = jnp.where(initialized, state.countdown - 1, state.countdown)

@@ -45,17 +45,33 @@ def kmeans_sample_indices(key: jax.Array, num_samples: int, bins: int, iters: in
     return jax.vmap(lambda k: sample_indices(k, num_samples, bins))(keys)
 
 
-def nearest_codes(x: jax.Array, centroids: jax.Array) -> jax.Array:
+def nearest_codes(x: jax.Array, centroids: jax.Array, tie_rtol: float = 0.0) -> jax.Array:
     """Index of the nearest centroid (Euclidean) for each row of ``x`` ``[M, D]`` -> ``[M]``.
 
-    Uses ``|e|^2 - 2 x.e`` (the ``|x|^2`` term does not change the argmin) in float32 at
+    Uses ``|e|^2 - 2 x.e`` (the ``|x|^2`` term does not change the choice) in float32 at
     HIGHEST matmul precision; ``argmin`` returns the lowest index on ties, as ``torch.argmin``.
+
+    Centroids that are equal in exact arithmetic are common: k-means on fewer vectors than
+    codes seeds many codes with the same vector, and after one EMA update a code that moved by
+    nothing, ``(decay * s + (1 - decay) * s) / (decay * n + (1 - decay) * n)``, and a copy that
+    nothing was assigned to, ``(decay * s) / (decay * n)``, differ only by rounding. A plain
+    argmin picks among such centroids by rounding, which depends on the backend and the
+    precision (the original's own choice depends on its BLAS kernels). With ``tie_rtol > 0``
+    every centroid within ``tie_rtol * (|x|^2 + |e|^2)`` of the nearest squared distance (``e``
+    the nearest centroid) counts as tied and the lowest index wins, the same on every backend;
+    distinct centroids that close are merged too, so the default is 0 (the original's argmin).
     """
     x = x.astype(jnp.float32)
     centroids = centroids.astype(jnp.float32)
     cross = jnp.dot(x, centroids.T, precision=_HIGHEST, preferred_element_type=jnp.float32)
-    dists = jnp.sum(centroids * centroids, axis=-1)[None, :] - 2.0 * cross
-    return jnp.argmin(dists, axis=-1).astype(jnp.int32)
+    sq_c = jnp.sum(centroids * centroids, axis=-1)
+    dists = sq_c[None, :] - 2.0 * cross
+    best = jnp.argmin(dists, axis=-1)
+    if not tie_rtol:
+        return best.astype(jnp.int32)
+    scale = jnp.sum(x * x, axis=-1) + sq_c[best]
+    bound = jnp.take_along_axis(dists, best[:, None], axis=-1) + tie_rtol * scale[:, None]
+    return jnp.argmax(dists <= bound, axis=-1).astype(jnp.int32)
 
 
 def cluster_stats(x: jax.Array, codes: jax.Array, bins: int) -> tuple[jax.Array, jax.Array]:
@@ -73,12 +89,13 @@ def cluster_stats(x: jax.Array, codes: jax.Array, bins: int) -> tuple[jax.Array,
     return counts, sums
 
 
-def kmeans(x: jax.Array, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+def kmeans(x: jax.Array, indices: jax.Array, tie_rtol: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """Euclidean k-means as the original ``_run_kmeans`` (docs/original.md §3.5).
 
     Args:
       x: samples ``[M, D]`` (no gradient is taken through this).
       indices: ``[iters + 1, bins]`` from :func:`kmeans_sample_indices`.
+      tie_rtol: the assignment's tie rule (:func:`nearest_codes`).
 
     Returns:
       ``(means [bins, D], bins_count [bins])`` where the counts are the **last iteration's**
@@ -90,7 +107,7 @@ def kmeans(x: jax.Array, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     def body(i, carry):
         means, _ = carry
-        codes = nearest_codes(x, means)
+        codes = nearest_codes(x, means, tie_rtol)
         counts, sums = cluster_stats(x, codes, num_clusters)
         empty = counts == 0
         counts = jnp.maximum(counts, 1.0)

@@ -28,7 +28,8 @@ numpy dicts (parameters, codebook buffers and the Adam moments) for comparisons.
 :func:`quantizer_draws` lists the row indices a JAX training step draws for k-means and for
 dead-code replacement, slot by slot; inside :func:`injected_draws` moshi's codebooks take
 those rows instead of drawing from torch's generator, so both sides of a many-step comparison
-make the same random choices.
+make the same random choices; inside :func:`tie_rule` they also resolve ties between near-equal
+centroids as the JAX side does with ``quantizer.tie_rtol``.
 """
 
 from __future__ import annotations
@@ -218,6 +219,47 @@ def injected_draws(trainer: TorchTrainer, draws: list[dict[str, np.ndarray]]):
         core_vq._sample_vectors, core_vq._run_kmeans = sample_vectors, run_kmeans
         for cb in active:
             del cb.forward
+
+
+class _TiedCdist:
+    """``torch`` for moshi's quantizer module, whose ``cdist`` ranks ties like the JAX side.
+
+    moshi calls ``torch.cdist`` only to take an ``argmin`` of it (code assignment and k-means).
+    This ``cdist`` returns 0 for every centroid within ``rtol * (|x|^2 + |e|^2)`` of the nearest
+    squared distance (``e`` the nearest centroid) and 1 elsewhere, so that ``argmin`` takes the
+    lowest index among them, as :func:`~amylm_jax.models.vq_kmeans.nearest_codes` does with
+    ``tie_rtol=rtol``.
+    """
+
+    def __init__(self, rtol: float):
+        self.rtol = rtol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    def cdist(self, x: torch.Tensor, e: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+        if p != 2.0:
+            raise NotImplementedError("only Euclidean distances")
+        sq_x = (x * x).sum(-1)
+        sq_e = (e * e).sum(-1)
+        d2 = ((x[..., :, None, :] - e[..., None, :, :]) ** 2).sum(-1)
+        nearest, best = d2.min(-1)
+        scale = sq_x + sq_e.gather(-1, best)
+        return (d2 > (nearest + self.rtol * scale)[..., None]).to(x.dtype)
+
+
+@contextlib.contextmanager
+def tie_rule(rtol: float):
+    """Within the block, moshi's codebooks break ties between near-equal centroids as the JAX
+    side does with ``quantizer.tie_rtol=rtol`` (0 leaves moshi's plain argmin)."""
+    from moshi.quantization import core_vq
+
+    if rtol:
+        core_vq.torch = _TiedCdist(rtol)
+    try:
+        yield
+    finally:
+        core_vq.torch = torch
 
 
 def _active_codebooks(model: nn.Module) -> list[nn.Module]:
