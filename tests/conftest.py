@@ -34,6 +34,22 @@ def pytest_configure(config):
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
+# CI runs the suite on 2 workers with ``--dist loadscope`` (scripts/test.sh): each module runs
+# whole on one worker, so its module-scoped fixtures (a demo run, a full-size step) are built
+# once, not once per worker. The longest modules go first so that the last one to start does
+# not finish long after the other worker is idle (order from the suite's --durations on 2 cores).
+LONGEST_MODULES = (
+    "test_train.py", "test_torch_many_steps.py", "test_cloud.py", "test_multihost.py",
+    "test_train_options.py", "test_torch_step.py", "test_benchmarks.py", "test_wordalign.py",
+    "test_export.py", "test_evaluate.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
+
+
 # CI runs every test: a skip there means a missing dependency (a Debian package, moshi, ...)
 # that would otherwise hide a whole suite. With AMYLM_FAIL_ON_SKIP=1 (set by scripts/test.sh)
 # any skipped test fails the session, naming the test and the reason.
