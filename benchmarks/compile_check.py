@@ -1,7 +1,7 @@
 """Compile the train step for a target mesh on CPU and print its per-device memory and FLOPs.
 
     python benchmarks/compile_check.py --config=configs/adapt.py --mesh=data:16 \\
-        [--batch=N] [--precision=bf16] [--seconds=1.0] [--json=OUT]
+        [--batch=N] [--precision=bf16] [--seconds=1.0] [--json=OUT] [--parts [--nostep]]
     # for real TPU chips, ahead of time on this CPU (needs libtpu: pip install "jax[tpu]"):
     python benchmarks/compile_check.py --config=configs/adapt.py --topology=v5e:2x2 \\
         --precision=bf16 [--batch=N] [--json=OUT]
@@ -12,6 +12,12 @@ are the TPU compiler's own: HBM per chip against the chip's capacity, FLOPs, and
 cost-model step time where it is valid (it can come back negative for this step: then it is
 reported as null, never as a figure). Everything printed is a compiler estimate, not a
 measurement.
+
+``--parts`` also compiles the step's parts alone for the same mesh and batch (the generator
+forward, its forward and backward through the mel loss, the mel loss, and each discriminator
+scale with its hinge loss and gradient) and tabulates per part the compile time, generated
+code, temp memory, FLOPs and cost-model time: which part makes the compile long and the cost
+model invalid. ``--nostep`` skips the whole step.
 
 Uses ``N`` virtual CPU devices (``--xla_force_host_platform_device_count``, set before JAX
 is imported), the abstract state of ``jax.eval_shape`` (nothing is initialised) and the
@@ -66,6 +72,11 @@ flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "Compute precision.")
 flags.DEFINE_float("seconds", 1.0, "Crop length in seconds.")
 flags.DEFINE_string("topology", None, "Compile for this TPU slice (v5e:2x2, v5p:2x2x1, ...).")
 flags.DEFINE_string("json", None, "Also write the figures as JSON here.")
+flags.DEFINE_bool("step", True, "Compile the whole step (--nostep with --parts: the parts only).")
+flags.DEFINE_bool(
+    "parts", False, "Also compile the step's parts alone (generator forward, generator "
+    "forward+backward of the mel loss, mel loss, each discriminator scale) and tabulate them.",
+)  # fmt: skip
 
 WAVLM_DIM, LLM_DIM = 1024, 2048
 #: HBM per chip (GiB) and dense bf16 peak (FLOP/s) of the TPU generations (Cloud TPU docs).
@@ -143,6 +154,16 @@ def main(argv: list[str]) -> None:
             k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh)
             for k, v in abstract_batch.items()
         }
+    if not FLAGS.step:
+        if not FLAGS.parts:
+            raise app.UsageError("--nostep compiles nothing without --parts")
+        parts = _compile_parts(cfg, mesh, abstract, abstract_batch, shardings)
+        if FLAGS.json:
+            with open(FLAGS.json, "w") as f:
+                json.dump({"topology": FLAGS.topology, "chips": mesh.size, "global_batch": batch,
+                           "precision": cfg.precision, "disc_conv": cfg.disc.conv_method,
+                           "parts": parts}, f, indent=1)  # fmt: skip
+        return
     compiled, lower_s, compile_s = lower_and_compile(step, abstract, abstract_batch)
     mem = _memory_dict(compiled.memory_analysis())
     flops = _flops_of(compiled)
@@ -166,11 +187,109 @@ def main(argv: list[str]) -> None:
             f"FLOPs per step: {flops / 1e9:.1f} GFLOP per device (XLA cost analysis), "
             f"{flops / 1e9 / max(batch // mesh.size, 1):.1f} GFLOP per example"
         )
+    parts = _compile_parts(cfg, mesh, abstract, abstract_batch, shardings) if FLAGS.parts else None
     if FLAGS.topology or FLAGS.json:
-        _report(compiled, mem, flops, mesh, batch, compile_s, cfg)
+        _report(compiled, mem, flops, mesh, batch, compile_s, cfg, parts)
 
 
-def _report(compiled, mem, flops, mesh, batch, compile_s, cfg) -> None:
+def _compile_parts(cfg, mesh, abstract, abstract_batch, shardings) -> list[dict]:
+    """Each part of the step compiled alone for the same mesh and batch: where the compile
+    time, the generated code and the cost model's validity come from (compiler figures)."""
+    import dataclasses
+
+    import jax
+
+    from amylm_jax.losses import adversarial as adv
+    from amylm_jax.losses.spectral import msspec_loss
+    from amylm_jax.sharding import replicated
+    from amylm_jax.state import build_models, init_params
+    from amylm_jax.steps import MEL_CONFIG, generator_forward, step_key
+
+    models = build_models(cfg, WAVLM_DIM, LLM_DIM)
+    rep = replicated(mesh)
+
+    def gen_forward(state, batch):
+        return generator_forward(models, state.gen_params, state.codebooks, batch,
+                                 step_key(state))[0]  # fmt: skip
+
+    def gen_backward(state, batch):
+        def loss(gen):
+            fake = generator_forward(models, gen, state.codebooks, batch, step_key(state))[0]
+            return msspec_loss(fake, batch["audio"], MEL_CONFIG)
+
+        return jax.grad(loss)(state.gen_params)
+
+    def mel(state, batch):
+        del state
+        audio = batch["audio"]
+        return jax.grad(lambda a: msspec_loss(a, audio, MEL_CONFIG))(0.5 * audio)
+
+    state_sh = jax.tree_util.tree_map(lambda a: a.sharding, abstract) if FLAGS.topology else None
+    batch_sh = {k: v.sharding for k, v in abstract_batch.items()} if FLAGS.topology else None
+    jobs = [("generator forward", gen_forward), ("generator fwd+bwd (mel loss)", gen_backward),
+            ("mel loss fwd+bwd", mel)]  # fmt: skip
+    out = []
+    for name, fn in jobs:
+        kw = {"in_shardings": (state_sh or shardings, batch_sh)} if batch_sh else {}
+        out.append(_part(name, jax.jit(fn, **kw), abstract, abstract_batch))
+    # One discriminator scale at a time: hinge loss on real and fake, gradient to its weights.
+    d = cfg.disc
+    for n_fft, hop, win in zip(d.n_ffts, d.hop_lengths, d.win_lengths, strict=True):
+        one = dataclasses.replace(d, n_ffts=(n_fft,), hop_lengths=(hop,), win_lengths=(win,))
+        scale = build_models(dataclasses.replace(cfg, disc=one), WAVLM_DIM, LLM_DIM)
+        key = jax.random.PRNGKey(0)
+        params = jax.eval_shape(lambda s=scale, k=key: init_params(s, k)[2])
+        if FLAGS.topology:
+            params = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), params
+            )
+
+        def disc(p, batch, s=scale):
+            def loss(p):
+                real, _ = s.disc.apply({"params": p}, batch["audio"])
+                fake, _ = s.disc.apply({"params": p}, 0.5 * batch["audio"])
+                return adv.discriminator_loss(real, fake)
+
+            return jax.grad(loss)(p)
+
+        name = f"discriminator scale n_fft={n_fft} fwd+bwd"
+        out.append(_part(name, jax.jit(disc), params, abstract_batch))
+    print("parts compiled alone (compiler estimates; cost model null where invalid):")
+    print(f"  {'part':40s}{'compile s':>10}{'code MiB':>10}{'temp MiB':>10}{'GFLOP':>9}"
+          f"{'model s':>10}")  # fmt: skip
+    for r in out:
+        model = (
+            "invalid"
+            if r["cost_model_s"] is None and r["raw_optimal_seconds"] is not None
+            else ("-" if r["cost_model_s"] is None else f"{r['cost_model_s']:.4f}")
+        )
+        code = r["generated_code_mib"]
+        print(f"  {r['part']:40s}{r['compile_s']:10.1f}"
+              f"{'-' if code is None else format(code, '.1f'):>10}"
+              f"{r['temp_mib'] or 0:10.1f}{(r['flops'] or 0) / 1e9:9.1f}{model:>10}")  # fmt: skip
+    return out
+
+
+def _part(name, jitted, *args) -> dict:
+    from throughput import _flops_of, _memory_dict, lower_and_compile
+
+    compiled, _, compile_s = lower_and_compile(jitted, *args)
+    mem = _memory_dict(compiled.memory_analysis()) or {}
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    optimal = cost.get("optimal_seconds")
+    return {
+        "part": name,
+        "compile_s": compile_s,
+        "generated_code_mib": mem.get("generated_code"),
+        "temp_mib": mem.get("temp"),
+        "flops": _flops_of(compiled),
+        "cost_model_s": float(optimal) if optimal is not None and optimal > 0 else None,
+        "raw_optimal_seconds": None if optimal is None else float(optimal),
+    }
+
+
+def _report(compiled, mem, flops, mesh, batch, compile_s, cfg, parts=None) -> None:
     """The TPU figures (all compiler estimates) printed and, with --json, written."""
     cost = compiled.cost_analysis()
     cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
@@ -200,6 +319,7 @@ def _report(compiled, mem, flops, mesh, batch, compile_s, cfg) -> None:
         "audio_s_per_s_per_chip": audio,
         "mfu": flops / step_s / peak if (flops and step_s and peak) else None,
         "compile_s": compile_s,
+        "parts": parts,
         "estimate": "compiler estimates (memory: buffer assignment; time: XLA's cost model, "
         "null where it is invalid)",
     }

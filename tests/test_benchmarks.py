@@ -105,14 +105,26 @@ def test_formulations_rejects_unknown_section():
     assert "unknown sections ['fft']" in proc.stderr
 
 
-def test_compile_check_prints_memory_and_flops():
+def test_compile_check_prints_memory_and_flops(tmp_path):
+    out = tmp_path / "check.json"
     stdout = _run(
-        ["benchmarks/compile_check.py", "--config=configs/demo.py", "--mesh=data:2", "--batch=2"]
-    )
+        ["benchmarks/compile_check.py", "--config=configs/demo.py", "--mesh=data:2", "--batch=2",
+         "--parts", f"--json={out}"]
+    )  # fmt: skip
     assert "mesh {'data': 2} (2 CPU devices), global batch 2" in stdout
     for name in ("argument", "output", "temp", "peak estimate"):
         assert f"  {name}" in stdout, name
     assert "GFLOP per device (XLA cost analysis)" in stdout
+    # --parts: each part of the step compiled alone, one row each (the demo has 3 scales)
+    assert "parts compiled alone" in stdout
+    parts = json.loads(out.read_text())["parts"]
+    assert [p["part"] for p in parts] == [
+        "generator forward", "generator fwd+bwd (mel loss)", "mel loss fwd+bwd",
+        "discriminator scale n_fft=512 fwd+bwd", "discriminator scale n_fft=256 fwd+bwd",
+        "discriminator scale n_fft=128 fwd+bwd",
+    ]  # fmt: skip
+    for p in parts:
+        assert p["compile_s"] > 0 and p["flops"] > 0 and p["part"] in stdout, p
 
 
 def test_align_demo_prints_the_boundary_errors():
