@@ -254,8 +254,9 @@ def _compile_parts(cfg, mesh, abstract, abstract_batch, shardings) -> list[dict]
 
         name = f"discriminator scale n_fft={n_fft} fwd+bwd"
         out.append(_part(name, jax.jit(disc), params, abstract_batch))
+    out += _disc_stack_parts(cfg, models, abstract_batch, rep)
     print("parts compiled alone (compiler estimates; cost model null where invalid):")
-    print(f"  {'part':40s}{'compile s':>10}{'code MiB':>10}{'temp MiB':>10}{'GFLOP':>9}"
+    print(f"  {'part':56s}{'compile s':>10}{'code MiB':>10}{'temp MiB':>10}{'GFLOP':>9}"
           f"{'model s':>10}")  # fmt: skip
     for r in out:
         model = (
@@ -264,9 +265,44 @@ def _compile_parts(cfg, mesh, abstract, abstract_batch, shardings) -> list[dict]
             else ("-" if r["cost_model_s"] is None else f"{r['cost_model_s']:.4f}")
         )
         code = r["generated_code_mib"]
-        print(f"  {r['part']:40s}{r['compile_s']:10.1f}"
+        print(f"  {r['part']:56s}{r['compile_s']:10.1f}"
               f"{'-' if code is None else format(code, '.1f'):>10}"
               f"{r['temp_mib'] or 0:10.1f}{(r['flops'] or 0) / 1e9:9.1f}{model:>10}")  # fmt: skip
+    return out
+
+
+def _disc_stack_parts(cfg, models, abstract_batch, rep) -> list[dict]:
+    """The first discriminator scale taken apart: its forward, its gradient to the audio, and
+    its gradient to the parameters with the conv stack cut after 0, 1, ... layers."""
+    import jax
+    import jax.numpy as jnp
+
+    from amylm_jax.models.discriminator import LAYERS, DiscriminatorSTFT
+
+    d, m = cfg.disc, models.disc
+    out = []
+    for n in range(len(LAYERS) + 1):
+        sub = DiscriminatorSTFT(
+            d.filters, d.n_ffts[0], d.hop_lengths[0], d.win_lengths[0], dtype=m.dtype,
+            conv_method=m.conv_method, layers=LAYERS[:n],
+        )  # fmt: skip
+        params = jax.eval_shape(lambda s=sub: s.init(jax.random.PRNGKey(0), jnp.zeros((1, 4096))))
+        if FLAGS.topology:
+            params = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), params
+            )
+
+        def logits(p, batch, s=sub):
+            return s.apply(p, batch["audio"])[0].sum()
+
+        head = f"discriminator n_fft={d.n_ffts[0]}"
+        if n == len(LAYERS):
+            out.append(_part(f"{head} forward", jax.jit(logits), params, abstract_batch))
+            to_audio = jax.grad(logits, argnums=1)
+            out.append(_part(f"{head} grad to audio", jax.jit(to_audio), params, abstract_batch))
+        to_params = jax.jit(jax.grad(logits))
+        out.append(_part(f"{head} grad to params, {n} convs + post", to_params, params,
+                         abstract_batch))  # fmt: skip
     return out
 
 

@@ -122,6 +122,14 @@ def test_compile_check_prints_memory_and_flops(tmp_path):
         "generator forward", "generator fwd+bwd (mel loss)", "mel loss fwd+bwd",
         "discriminator scale n_fft=512 fwd+bwd", "discriminator scale n_fft=256 fwd+bwd",
         "discriminator scale n_fft=128 fwd+bwd",
+        "discriminator n_fft=512 grad to params, 0 convs + post",
+        "discriminator n_fft=512 grad to params, 1 convs + post",
+        "discriminator n_fft=512 grad to params, 2 convs + post",
+        "discriminator n_fft=512 grad to params, 3 convs + post",
+        "discriminator n_fft=512 grad to params, 4 convs + post",
+        "discriminator n_fft=512 forward",
+        "discriminator n_fft=512 grad to audio",
+        "discriminator n_fft=512 grad to params, 5 convs + post",
     ]  # fmt: skip
     for p in parts:
         assert p["compile_s"] > 0 and p["flops"] > 0 and p["part"] in stdout, p

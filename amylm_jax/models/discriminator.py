@@ -44,7 +44,7 @@ Dtype = Any
 
 # (kernel (t, f), stride (t, f), dilation (t, f), weight norm) for c0..c4 and post
 # (docs/original.md §5.1).
-_LAYERS: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool], ...] = (
+LAYERS: tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool], ...] = (
     ((3, 9), (1, 1), (1, 1), False),
     ((3, 9), (1, 2), (1, 1), True),
     ((3, 9), (1, 2), (2, 1), True),
@@ -212,13 +212,15 @@ class DiscriminatorSTFT(nn.Module):
     normalized: bool = True
     dtype: Dtype = jnp.float32
     conv_method: str = "lax"
+    # The conv stack before ``conv_post`` (the original's; a benchmark compiles prefixes of it).
+    layers: tuple = LAYERS
 
     @nn.compact
     def __call__(self, audio_BxN: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         spec = stft(audio_BxN, self.n_fft, self.hop_length, self.win_length, self.normalized)
         z = jnp.stack([jnp.real(spec), jnp.imag(spec)], axis=-1)  # [B, M, F, 2]
         fmaps = []
-        for i, (kernel, stride, dilation, wn) in enumerate(_LAYERS):
+        for i, (kernel, stride, dilation, wn) in enumerate(self.layers):
             z = STFTConv(
                 self.filters,
                 kernel,
