@@ -38,7 +38,6 @@ ruff check amylm_jax tests benchmarks configs launch scripts
 ruff format --check amylm_jax tests benchmarks configs launch scripts
 # A skipped test fails the run (a missing dependency must not hide a suite); set
 # AMYLM_FAIL_ON_SKIP=0 to run a subset on a machine without espeak-ng or shellcheck.
-# Whole modules per worker (their module fixtures built once), longest first (tests/conftest.py);
-# the slowest tests are listed at the end.
+# The longest modules start first (tests/conftest.py); the slowest tests are listed at the end.
 AMYLM_FAIL_ON_SKIP=${AMYLM_FAIL_ON_SKIP:-1} python -m pytest -n "${PYTEST_WORKERS:-2}" \
-  --dist loadscope --durations=25 -q "$@"
+  --durations=25 -q "$@"

@@ -34,10 +34,11 @@ def pytest_configure(config):
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
-# CI runs the suite on 2 workers with ``--dist loadscope`` (scripts/test.sh): each module runs
-# whole on one worker, so its module-scoped fixtures (a demo run, a full-size step) are built
-# once, not once per worker. The longest modules go first so that the last one to start does
-# not finish long after the other worker is idle (order from the suite's --durations on 2 cores).
+# The longest modules are collected first, so that the two CI workers (``-n 2``) start on them
+# and the run does not end with one worker busy on a long module while the other is idle (order
+# from the suite's --durations on 2 cores). Whole modules per worker (``--dist loadscope``)
+# would build module fixtures once instead of once per worker, but xdist's loadscope scheduler
+# waits forever when a worker dies mid-module, so the default distribution stays.
 LONGEST_MODULES = (
     "test_train.py", "test_torch_many_steps.py", "test_cloud.py", "test_multihost.py",
     "test_train_options.py", "test_torch_step.py", "test_benchmarks.py", "test_wordalign.py",
