@@ -311,26 +311,31 @@ def _part(name, jitted, *args) -> dict:
 
     compiled, _, compile_s = lower_and_compile(jitted, *args)
     mem = _memory_dict(compiled.memory_analysis()) or {}
-    cost = compiled.cost_analysis()
-    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
-    optimal = cost.get("optimal_seconds")
+    optimal, step_s = _cost_model(compiled)
     return {
         "part": name,
         "compile_s": compile_s,
         "generated_code_mib": mem.get("generated_code"),
         "temp_mib": mem.get("temp"),
         "flops": _flops_of(compiled),
-        "cost_model_s": float(optimal) if optimal is not None and optimal > 0 else None,
-        "raw_optimal_seconds": None if optimal is None else float(optimal),
+        "cost_model_s": step_s,
+        "raw_optimal_seconds": optimal,
     }
+
+
+def _cost_model(compiled) -> tuple[float | None, float | None]:
+    """``(raw optimal_seconds, step time)`` of XLA's cost model; the step time is None where
+    the raw figure is missing or not positive (invalid)."""
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    optimal = cost.get("optimal_seconds")
+    optimal = None if optimal is None else float(optimal)
+    return optimal, (optimal if optimal is not None and optimal > 0 else None)
 
 
 def _report(compiled, mem, flops, mesh, batch, compile_s, cfg, parts=None) -> None:
     """The TPU figures (all compiler estimates) printed and, with --json, written."""
-    cost = compiled.cost_analysis()
-    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
-    optimal = cost.get("optimal_seconds")
-    step_s = float(optimal) if optimal is not None and optimal > 0 else None
+    optimal, step_s = _cost_model(compiled)
     chip = (FLAGS.topology or "").split(":")[0]
     capacity, peak = TPU_CHIPS.get(chip, (None, None))
     peak_gib = None
