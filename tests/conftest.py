@@ -58,9 +58,46 @@ _SKIPPED: list[str] = []
 
 
 def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        _record_peaks(report)
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+# Memory. After each test the worker records its own peak resident size and that of the largest
+# child process it has waited for (the command-line runs); the end of the run lists the tests
+# that raised a peak, so that a worker killed for memory on a small CI machine names its suspects.
+_PEAKS: dict[tuple[str, str], float] = {}
+_RAISED: list[tuple[float, str, str]] = []
+PEAK_REPORT_GB = float(os.environ.get("AMYLM_PEAK_REPORT_GB", "2"))
+
+
+def pytest_runtest_teardown(item):
+    import resource
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    for kind, who in (("test", resource.RUSAGE_SELF), ("child", resource.RUSAGE_CHILDREN)):
+        gb = resource.getrusage(who).ru_maxrss / 2**20  # kB on Linux
+        item.user_properties.append(("peak_rss_gb", (worker, kind, gb)))
+
+
+def _record_peaks(report) -> None:
+    for name, value in report.user_properties:
+        if name != "peak_rss_gb":
+            continue
+        worker, kind, gb = value
+        before = _PEAKS.get((worker, kind), 0.0)
+        if gb > before + 0.25 and gb >= PEAK_REPORT_GB:
+            _RAISED.append((gb, f"{worker} {kind}", report.nodeid))
+        _PEAKS[(worker, kind)] = max(before, gb)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _RAISED:
+        terminalreporter.section(f"tests that raised a peak resident size (>= {PEAK_REPORT_GB} GB)")
+        for gb, who, nodeid in sorted(_RAISED, reverse=True)[:20]:
+            terminalreporter.write_line(f"{gb:6.1f} GB  {who:12s} {nodeid}")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -99,6 +136,19 @@ def _build_demo_checkpoint(workdir: Path) -> None:
     train.train_and_evaluate(config_from_dict(config), str(workdir))
 
 
+def _session_dir(tmp_path_factory) -> Path:
+    """A directory every xdist worker of this test session sees (the base temp's parent)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_compile_cache(tmp_path_factory):
+    """The compilation cache the suite's command-line runs share (``run_helpers``); the tests'
+    own process does not use it (memory and compile-time measurements stay real)."""
+    os.environ["AMYLM_TEST_COMPILE_CACHE"] = str(_session_dir(tmp_path_factory) / "jax_cache")
+
+
 @pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory) -> Path:
     """A 2-step demo run with one checkpoint (step 2), built once per test session.
@@ -109,10 +159,7 @@ def demo_checkpoint(tmp_path_factory) -> Path:
     """
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # shared by all workers of this session
-    target = root / "demo_checkpoint"
+    target = _session_dir(tmp_path_factory) / "demo_checkpoint"
     with FileLock(str(target) + ".lock"):
         if not (target / "BUILT").exists():
             shutil.rmtree(target, ignore_errors=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from gcs_emulator import GCSEmulator, activate
-from run_helpers import kill_at_step, run_to_end
+from run_helpers import compile_cache_env, kill_at_step, run_to_end
 
 from amylm_jax import paths
 from amylm_jax.metrics import read_metrics
@@ -52,7 +52,7 @@ def _env(gcs: GCSEmulator | None) -> dict[str, str]:
     env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     if gcs is not None:
         env.update(gcs.env)
-    return env
+    return compile_cache_env(env)
 
 
 def _cmd(workdir: str, *overrides: str) -> list[str]:
@@ -187,6 +187,7 @@ def test_two_processes_read_a_store_in_the_bucket_without_copying_it(gcs, tmp_pa
 
     env = _env(gcs)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # two processes: see run_helpers.compile_cache_env
     port = _free_port()
     procs = [
         subprocess.Popen(

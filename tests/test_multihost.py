@@ -39,7 +39,7 @@ def _env(devices: int) -> dict[str, str]:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return env  # without the suite's compilation cache: see run_helpers.compile_cache_env
 
 
 def _train(workdir: Path, devices: int, *extra: str) -> subprocess.Popen:

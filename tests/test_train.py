@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from run_helpers import kill_at_step, run_to_end, running, wait_for_step
+from run_helpers import compile_cache_env, kill_at_step, run_to_end, running, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = ("loss_g", "loss_d", "adv_g", "feat", "wavlm", "llm", "msspec")
@@ -27,7 +27,7 @@ def _env() -> dict[str, str]:
     env.pop("XLA_FLAGS", None)  # one CPU device, as on a user's machine
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return compile_cache_env(env)
 
 
 def _cmd(workdir: Path, *overrides: str, config: str = "configs/demo.py") -> list[str]:
