@@ -22,7 +22,7 @@ LOSS_NAMES = ("loss_g", "loss_d", "adv_g", "feat", "wavlm", "llm", "msspec")
 FROZEN_ENCODER = ("encoder", "encoder_transformer")
 
 _AUTO_TRANSPOSE = {"tpu": "dilated", None: "polyphase"}
-_AUTO_DISC_CONV = {"cpu": "s2d", None: "lax"}
+_AUTO_DISC_CONV = {"cpu": "s2d", "tpu": "s2d_full", None: "lax"}
 
 
 def _resolve_auto(value: str, choices: dict[str | None, str], platform: str | None) -> str:
@@ -306,15 +306,17 @@ class DiscConfig:
     n_ffts: tuple[int, ...] = (1024, 2048, 512, 256, 128)
     hop_lengths: tuple[int, ...] = (256, 512, 128, 64, 32)
     win_lengths: tuple[int, ...] = (1024, 2048, 512, 256, 128)
-    # Conv formulation: "auto" = "s2d" (space-to-depth for the frequency stride: plain convs in
-    # the backward, ~2x faster discriminator backward on XLA:CPU, benchmarks/RESULTS.md) on CPU
-    # and "lax" (the strided conv, which cuDNN and the TPU compiler handle natively) on GPU/TPU.
-    # Both compute the same model.
+    # Conv formulation: "auto" = "s2d" on CPU (space-to-depth for the frequency stride in the
+    # input gradient: ~2x faster discriminator backward on XLA:CPU), "s2d_full" on TPU (the
+    # space-to-depth form throughout: the TPU compiler's kernel gradient of the strided conv
+    # pads a per-tap tensor of a few channels to 128 lanes; half the temp memory and a 1.7x
+    # faster cost-model step for the demo) and "lax" (the strided conv) on GPU, not yet
+    # measured there. All compute the same model (benchmarks/RESULTS.md).
     conv_method: str = "auto"
 
     def __post_init__(self):
-        if self.conv_method not in ("auto", "lax", "s2d"):
-            raise ValueError("disc.conv_method must be 'auto', 'lax' or 's2d'")
+        if self.conv_method not in ("auto", "lax", "s2d", "s2d_full"):
+            raise ValueError("disc.conv_method must be 'auto', 'lax', 's2d' or 's2d_full'")
 
     def resolved_conv_method(self, platform: str | None = None) -> str:
         """The conv formulation for ``platform`` (default: JAX's default backend)."""

@@ -10,7 +10,7 @@ after one warm-up. "fwd+bwd" is the forward plus the VJP the training step needs
 - ``decoder``: SEANet decoder (transposed convs) ``dilated`` vs ``polyphase``
   (``CodecConfig.transpose_method``).
 - ``disc``: the five-scale discriminator on real + fake (``2 B`` examples), gradient to the
-  parameters and the audio, ``lax`` vs ``s2d`` (``DiscConfig.conv_method``).
+  parameters and the audio, ``lax`` vs ``s2d`` vs ``s2d_full`` (``DiscConfig.conv_method``).
 - ``stft``: the multi-scale mel loss, ``jnp.fft.rfft`` vs a DFT matmul at HIGHEST precision
   (``amylm_jax.losses.spectral.rfft_frames``).
 - ``vq``: the codebook EMA statistics of one training call (``B * frames`` vectors, 2048
@@ -98,7 +98,7 @@ def bench_disc(cfg, audio, reps: int) -> dict:
     both = jnp.concatenate([audio, 0.9 * audio[::-1]], axis=0)  # real + fake
     out = {}
     params = None
-    for method in ("lax", "s2d"):
+    for method in ("lax", "s2d", "s2d_full"):
         disc = MultiScaleSTFTDiscriminator(
             d.filters, d.n_ffts, d.hop_lengths, d.win_lengths, conv_method=method
         )

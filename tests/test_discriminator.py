@@ -151,7 +151,8 @@ def test_bf16_compute_returns_float32_close_to_fp32(disc_and_params, rng):
         assert float(jnp.abs(a - b).max()) <= 0.05 * float(jnp.abs(a).max()) + 1e-3
 
 
-def test_s2d_formulation_equals_lax_forward_and_gradients(disc_and_params, rng):
+@pytest.mark.parametrize("method", ["s2d", "s2d_full"])
+def test_s2d_formulation_equals_lax_forward_and_gradients(disc_and_params, rng, method):
     """Space-to-depth strided convs: same logits, fmaps and gradients (params and audio)."""
     _, params = disc_and_params
     params = _perturbed(params, rng)
@@ -170,7 +171,7 @@ def test_s2d_formulation_equals_lax_forward_and_gradients(disc_and_params, rng):
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(params, audio)
 
     (_, (l_lax, f_lax)), g_lax = loss("lax")
-    (_, (l_s2d, f_s2d)), g_s2d = loss("s2d")
+    (_, (l_s2d, f_s2d)), g_s2d = loss(method)
     for a, b in zip(jax.tree.leaves((l_lax, f_lax)), jax.tree.leaves((l_s2d, f_s2d)), strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
@@ -183,11 +184,12 @@ def test_s2d_formulation_equals_lax_forward_and_gradients(disc_and_params, rng):
 
 
 def test_s2d_rejects_frequency_dilation():
-    from amylm_jax.models.discriminator import conv2d_s2d
+    from amylm_jax.models.discriminator import conv2d_s2d, conv2d_s2d_full
 
     x, k = jnp.zeros((1, 4, 16, 2)), jnp.zeros((3, 9, 2, 2))
-    with pytest.raises(ValueError, match="frequency dilation"):
-        conv2d_s2d(x, k, jnp.zeros(2), (1, 2), (1, 2), (1, 8), jnp.float32)
+    for conv in (conv2d_s2d, conv2d_s2d_full):
+        with pytest.raises(ValueError, match="frequency dilation"):
+            conv(x, k, jnp.zeros(2), (1, 2), (1, 2), (1, 8), jnp.float32)
 
 
 def test_disc_conv_method_auto_per_backend():
@@ -196,7 +198,7 @@ def test_disc_conv_method_auto_per_backend():
     cfg = TrainConfig()
     assert cfg.disc.resolved_conv_method("cpu") == "s2d"
     assert cfg.disc.resolved_conv_method("gpu") == "lax"
-    assert cfg.disc.resolved_conv_method("tpu") == "lax"
+    assert cfg.disc.resolved_conv_method("tpu") == "s2d_full"
     assert DiscConfig(conv_method="lax").resolved_conv_method("cpu") == "lax"
     # The transposed-conv choice shares the same "auto" mechanism.
     assert cfg.codec.resolved_transpose_method("cpu") == "polyphase"
@@ -217,9 +219,11 @@ def test_disc_conv_method_auto_per_backend():
         (17, (3, 5), (2, 2), (1, 1)),  # time stride as well
     ],
 )
-def test_conv2d_s2d_equals_strided_conv(width, kernel, stride, dilation, rng):
-    """The space-to-depth input gradient: same output, input and kernel gradients as lax."""
-    from amylm_jax.models.discriminator import conv2d, conv2d_s2d
+@pytest.mark.parametrize("name", ["conv2d_s2d", "conv2d_s2d_full"])
+def test_conv2d_s2d_equals_strided_conv(width, kernel, stride, dilation, rng, name):
+    """The space-to-depth forms: same output, input and kernel gradients as lax."""
+    from amylm_jax.models import discriminator
+    from amylm_jax.models.discriminator import conv2d
 
     kh, kw = kernel
     x = jnp.asarray(rng.standard_normal((2, 11, width, 3)).astype(np.float32))
@@ -236,7 +240,7 @@ def test_conv2d_s2d_equals_strided_conv(width, kernel, stride, dilation, rng):
         return y, grads
 
     y_ref, g_ref = run(conv2d)
-    y, g = run(conv2d_s2d)
+    y, g = run(getattr(discriminator, name))
     assert y.shape == y_ref.shape
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
     for a, r in zip(g, g_ref, strict=True):

@@ -25,6 +25,9 @@ function :func:`conv2d`; ``conv_method`` picks its formulation per backend:
   the forward and the kernel gradient stay the strided conv's, which XLA:CPU runs faster.
   The same numbers (sums of the same products); on CPU the c1 layer's backward runs ~2.8x
   faster, the whole discriminator's forward + backward ~1.5x (benchmarks/RESULTS.md).
+- ``"s2d_full"``: the space-to-depth form for the forward and both gradients. On the TPU
+  compiler the strided conv's kernel gradient is a per-tap tensor padded from a few channels
+  to 128 lanes; the stride-1 form's is not (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -151,8 +154,34 @@ def conv2d_s2d(
     return y + bias.astype(dtype)
 
 
-#: ``conv_method`` values: :func:`conv2d` and :func:`conv2d_s2d`.
-CONV_METHODS = ("lax", "s2d")
+def conv2d_s2d_full(
+    x_BxHxWxC: jax.Array,
+    kernel_HWIO: jax.Array,
+    bias: jax.Array,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: tuple[int, int],
+    dtype: Dtype,
+) -> jax.Array:
+    """:func:`conv2d` computed entirely in the space-to-depth form: forward, input gradient and
+    kernel gradient (plain automatic differentiation of a stride-1 conv).
+
+    For the TPU compiler: the kernel gradient of the frequency-strided conv becomes, there, a
+    per-tap tensor whose minor dimension is the layer's few channels, padded to 128 lanes
+    (110 MiB of temp for one 1 s example at 8 filters, and sliced prefetches), while the
+    stride-1 form needs no temp at all (benchmarks/RESULTS.md). Requires ``dilation[1] == 1``.
+    """
+    if stride[1] == 1:
+        return conv2d(x_BxHxWxC, kernel_HWIO, bias, stride, dilation, padding, dtype)
+    if dilation[1] != 1:
+        raise ValueError(f"space-to-depth needs frequency dilation 1, got {dilation[1]}")
+    y = _space_to_depth_conv(x_BxHxWxC, kernel_HWIO, stride, dilation, padding, dtype)
+    return y + bias.astype(dtype)
+
+
+#: ``conv_method`` values and their functions.
+CONV_FUNCTIONS = {"lax": "conv2d", "s2d": "conv2d_s2d", "s2d_full": "conv2d_s2d_full"}
+CONV_METHODS = tuple(CONV_FUNCTIONS)
 
 
 def weight_norm_kernel(v_HWIO: jax.Array, g_O: jax.Array) -> jax.Array:
@@ -197,7 +226,7 @@ class STFTConv(nn.Module):
             ((k - 1) * d) // 2 for k, d in zip(self.kernel_size, self.dilation, strict=True)
         )
         # Looked up at call time so a benchmark can swap the module-level functions.
-        conv = conv2d_s2d if self.conv_method == "s2d" else conv2d
+        conv = globals()[CONV_FUNCTIONS[self.conv_method]]
         return conv(x, kernel, bias, self.stride, self.dilation, padding, self.dtype)
 
 
