@@ -9,10 +9,11 @@
 With ``--topology`` the step is compiled by the TPU compiler for that slice's chips (one mesh
 axis ``data`` over all of them, the config's formulations resolved for TPU), and the figures
 are the TPU compiler's own: HBM per chip against the chip's capacity, FLOPs, and XLA's TPU
-cost-model step time. The cost model prices each sliced-prefetch join (``ConcatBitcast``, which
-memory-space assignment inserts) at exactly -1 s, so its raw figure is often negative for this
-step; the step time reported adds those seconds back (the raw figure and the count are kept
-beside it) and is null where even that is not positive. Everything printed is a compiler
+cost-model step time. The compile switches off sliced prefetches
+(``xla_tpu_sliced_prefetch_max_slices=0``; ``--sliced_prefetch`` keeps them): the cost model
+prices their joins (``ConcatBitcast``) as -1 s each, which made its figure for this step
+negative, and they made the full-size compile about 4x longer. The step time is null where
+the figure is not positive or the module still holds joins. Everything printed is a compiler
 estimate, not a measurement.
 
 ``--parts`` also compiles the step's parts alone for the same mesh and batch (the generator
@@ -80,6 +81,12 @@ flags.DEFINE_bool(
     "parts", False, "Also compile the step's parts alone (generator forward, generator "
     "forward+backward of the mel loss, mel loss, each discriminator scale) and tabulate them.",
 )  # fmt: skip
+flags.DEFINE_bool(
+    "sliced_prefetch",
+    False,
+    "With --topology: keep the TPU compiler's sliced prefetches (off by default: the cost "
+    "model misprices their joins, and they lengthen the compile).",
+)
 flags.DEFINE_integer(
     "buffers",
     0,
@@ -173,7 +180,9 @@ def main(argv: list[str]) -> None:
                            "precision": cfg.precision, "disc_conv": cfg.disc.conv_method,
                            "parts": parts}, f, indent=1)  # fmt: skip
         return
-    compiled, lower_s, compile_s = lower_and_compile(step, abstract, abstract_batch)
+    compiled, lower_s, compile_s = lower_and_compile(
+        step, abstract, abstract_batch, compiler_options=_compiler_options()
+    )
     mem = _memory_dict(compiled.memory_analysis())
     flops = _flops_of(compiled)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.gen_params))
@@ -324,7 +333,7 @@ def _disc_stack_parts(cfg, models, abstract_batch, rep) -> list[dict]:
 def _part(name, jitted, *args) -> dict:
     from throughput import _flops_of, _memory_dict, lower_and_compile
 
-    compiled, _, compile_s = lower_and_compile(jitted, *args)
+    compiled, _, compile_s = lower_and_compile(jitted, *args, compiler_options=_compiler_options())
     mem = _memory_dict(compiled.memory_analysis()) or {}
     optimal, step_s, unpriced = _cost_model(compiled)
     return {
@@ -381,18 +390,23 @@ def largest_buffers(hlo_text: str, n: int) -> list[dict]:
 
 
 #: The TPU compiler's memory-space assignment may prefetch a buffer in slices and join them with
-#: this custom call; XLA's TPU cost model prices each one at exactly -1 s (measured: a part with
-#: five of them reads -4.99754 s, +5 gives 0.00246 s; the same part compiled with
-#: ``xla_tpu_sliced_prefetch_max_slices=0`` has none and reads 0.00250 s).
+#: this custom call, which XLA's TPU cost model prices as -1 s. Adding those seconds back is not
+#: enough: the full-size adapt step with 583 joins read 16.07 s that way, and 0.097 s compiled
+#: without sliced prefetches (benchmarks/RESULTS.md). So TPU compiles here switch them off.
 UNPRICED_CALL = 'custom_call_target="ConcatBitcast"'
 
 
-def _cost_model(compiled) -> tuple[float | None, float | None, int]:
-    """``(raw optimal_seconds, step time, unpriced calls)`` of XLA's cost model.
+def _compiler_options() -> dict | None:
+    """TPU compiles: no sliced prefetches unless ``--sliced_prefetch`` (see UNPRICED_CALL)."""
+    if FLAGS.topology and not FLAGS.sliced_prefetch:
+        return {"xla_tpu_sliced_prefetch_max_slices": 0}
+    return None
 
-    The step time is the raw figure plus 1 s for each sliced-prefetch join the compiled module
-    holds (:data:`UNPRICED_CALL`, which the cost model prices at -1 s), and None where the raw
-    figure is missing or the corrected one is not positive."""
+
+def _cost_model(compiled) -> tuple[float | None, float | None, int]:
+    """``(raw optimal_seconds, step time, joins)`` of XLA's cost model: the step time is None
+    where the raw figure is missing or not positive, or where the module holds sliced-prefetch
+    joins (:data:`UNPRICED_CALL`), which the cost model misprices."""
     cost = compiled.cost_analysis()
     cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
     optimal = cost.get("optimal_seconds")
@@ -400,11 +414,10 @@ def _cost_model(compiled) -> tuple[float | None, float | None, int]:
         return None, None, 0
     optimal = float(optimal)
     try:
-        unpriced = compiled.as_text().count(UNPRICED_CALL)
+        joins = compiled.as_text().count(UNPRICED_CALL)
     except Exception:  # noqa: BLE001 (a backend without the module text)
-        unpriced = 0
-    step_s = optimal + unpriced
-    return optimal, (step_s if step_s > 0 else None), unpriced
+        joins = 0
+    return optimal, (optimal if optimal > 0 and joins == 0 else None), joins
 
 
 def _report(compiled, mem, flops, mesh, batch, compile_s, cfg, parts=None, buffers=None) -> None:
@@ -437,14 +450,15 @@ def _report(compiled, mem, flops, mesh, batch, compile_s, cfg, parts=None, buffe
         "compile_s": compile_s,
         "parts": parts,
         "largest_buffers": buffers,
-        "estimate": "compiler estimates (memory: buffer assignment; time: XLA's cost model "
-        "with its -1 s per sliced-prefetch join added back, null where it is not positive)",
+        "estimate": "compiler estimates (memory: buffer assignment; time: XLA's cost model, "
+        "null where it is not positive or the module holds sliced-prefetch joins)",
+        "sliced_prefetch": bool(FLAGS.sliced_prefetch),
     }
     if FLAGS.topology:
-        state = "null (invalid: not positive)" if optimal is not None and step_s is None else step_s
+        state = "null (invalid)" if optimal is not None and step_s is None else step_s
         print(
             f"cost-model step time (estimate): {state} (raw {optimal}, {unpriced} sliced-"
-            f"prefetch joins priced at -1 s added back); HBM capacity per chip: {capacity} GiB"
+            f"prefetch joins); HBM capacity per chip: {capacity} GiB"
         )
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:

@@ -94,12 +94,14 @@ def _mfu(flops: float | None, step_s: float, device_name: str, mode: str) -> flo
     return flops / step_s / peak
 
 
-def lower_and_compile(jitted: Any, *args: Any) -> tuple[Any, float, float]:
+def lower_and_compile(
+    jitted: Any, *args: Any, compiler_options: dict | None = None
+) -> tuple[Any, float, float]:
     """``(compiled, lowering seconds, compile seconds)`` of a jitted function for ``args``."""
     t0 = time.perf_counter()
     lowered = jitted.lower(*args)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=compiler_options)
     return compiled, t1 - t0, time.perf_counter() - t1
 
 
