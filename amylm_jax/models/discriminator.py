@@ -131,6 +131,17 @@ def _s2d_conv_bwd(stride, dilation, padding, dtype, residuals, g):
 _s2d_conv.defvjp(_s2d_conv_fwd, _s2d_conv_bwd)
 
 
+def _width_strided(conv, x, kernel, bias, stride, dilation, padding, dtype):
+    """``conv`` (a space-to-depth form, no bias) for a frequency-strided layer plus the bias;
+    the plain :func:`conv2d` for a layer without frequency stride."""
+    if stride[1] == 1:
+        return conv2d(x, kernel, bias, stride, dilation, padding, dtype)
+    if dilation[1] != 1:
+        raise ValueError(f"space-to-depth needs frequency dilation 1, got {dilation[1]}")
+    y = conv(x, kernel, tuple(stride), tuple(dilation), tuple(padding), dtype)
+    return y + bias.astype(dtype)
+
+
 def conv2d_s2d(
     x_BxHxWxC: jax.Array,
     kernel_HWIO: jax.Array,
@@ -146,12 +157,7 @@ def conv2d_s2d(
     only the input gradient takes the space-to-depth form. Requires ``dilation[1] == 1``; the
     height (time) stride and dilation stay in the conv. Reverse-mode only (``custom_vjp``).
     """
-    if stride[1] == 1:
-        return conv2d(x_BxHxWxC, kernel_HWIO, bias, stride, dilation, padding, dtype)
-    if dilation[1] != 1:
-        raise ValueError(f"space-to-depth needs frequency dilation 1, got {dilation[1]}")
-    y = _s2d_conv(x_BxHxWxC, kernel_HWIO, tuple(stride), tuple(dilation), tuple(padding), dtype)
-    return y + bias.astype(dtype)
+    return _width_strided(_s2d_conv, x_BxHxWxC, kernel_HWIO, bias, stride, dilation, padding, dtype)
 
 
 def conv2d_s2d_full(
@@ -171,12 +177,9 @@ def conv2d_s2d_full(
     (110 MiB of temp for one 1 s example at 8 filters, and sliced prefetches), while the
     stride-1 form needs no temp at all (benchmarks/RESULTS.md). Requires ``dilation[1] == 1``.
     """
-    if stride[1] == 1:
-        return conv2d(x_BxHxWxC, kernel_HWIO, bias, stride, dilation, padding, dtype)
-    if dilation[1] != 1:
-        raise ValueError(f"space-to-depth needs frequency dilation 1, got {dilation[1]}")
-    y = _space_to_depth_conv(x_BxHxWxC, kernel_HWIO, stride, dilation, padding, dtype)
-    return y + bias.astype(dtype)
+    return _width_strided(
+        _space_to_depth_conv, x_BxHxWxC, kernel_HWIO, bias, stride, dilation, padding, dtype
+    )
 
 
 #: ``conv_method`` values and their functions.
