@@ -3,6 +3,11 @@
     python -m amylm_jax.train --config=configs/demo.py --workdir=runs/demo
 
 A few minutes on 2 CPU cores. The store ``demo`` is built on first use (tiny random teachers).
+
+``--config=configs/demo.py:TOOLS`` turns on recipe tools (docs/recipes.md), a comma-separated
+subset of ema, balancer, schedule, adamw, dropout, bypass, or ``all``; the schedule warms up
+over 50 steps and decays over 2,000 (the demo's scale). ``benchmarks/recipe_quality.py``
+compares them.
 """
 
 import dataclasses
@@ -10,11 +15,10 @@ import dataclasses
 import ml_collections
 
 from amylm_jax.config import tiny_codec_config
-from amylm_jax.config_dicts import base_config
+from amylm_jax.config_dicts import apply_recipe_tools, base_config
 
 
 def get_config(arg=None):
-    del arg
     cfg = base_config()
     # The small codec of the tests (real 24 kHz / 12.5 Hz frame arithmetic): one definition.
     cfg.codec = ml_collections.ConfigDict(dataclasses.asdict(tiny_codec_config()))
@@ -30,4 +34,8 @@ def get_config(arg=None):
     cfg.eval_every_steps = 30
     cfg.checkpoint.every_steps = 20
     cfg.optim.lr_g = 1e-3
+    if arg:
+        tools = [t.strip() for t in arg.split(",") if t.strip()]
+        apply_recipe_tools(cfg, "all" if tools == ["all"] else tools, warmup_steps=50,
+                           decay_steps=2000)  # fmt: skip
     return cfg

@@ -21,30 +21,15 @@ is measured by ``benchmarks/recipe_quality.py``; until that is recorded in
 benchmarks/RESULTS.md these are the published recipes' settings, not measured defaults.
 """
 
-from amylm_jax.config_dicts import adaptation_config
+from amylm_jax.config_dicts import RECIPE_TOOLS, adaptation_config, apply_recipe_tools
 
 
 def get_config(arg=None):
     del arg
-    cfg = adaptation_config()
-    # Weight average (Mimi, EnCodec: 0.99), validated with.
-    cfg.optim.ema_decay = 0.99
-    cfg.optim.ema_eval = True
-    # Loss balancer (audiocraft's, extended to the distillation losses).
-    cfg.balancer.enabled = True
-    # Warm-up, then cosine decay to 0.1 x the learning rate.
-    cfg.optim.schedule = "cosine"
-    cfg.optim.warmup_steps = 500
-    cfg.optim.decay_steps = 200_000
-    cfg.optim.final_lr_ratio = 0.1
-    # AdamW, weight decay 5e-2 on the transformers' weight matrices (Mimi).
-    cfg.optim.optimizer = "adamw"
-    cfg.optim.weight_decay = 0.05
-    cfg.optim.weight_decay_on = "transformers"
-    cfg.optim.weight_decay_groups = ("main",)
-    # Quantizer dropout (DAC, Mimi) and the quantization bypass (Mimi: 50 %).
-    cfg.quantizer_dropout = 0.5
-    cfg.quantizer_bypass = 0.5
+    # Weight average 0.99 validated with; the loss balancer; warm-up 500 steps then a cosine
+    # decay to 0.1 x the rate over 200k steps; AdamW (5e-2 on the transformers' matrices);
+    # quantizer dropout and bypass for half of the examples each.
+    cfg = apply_recipe_tools(adaptation_config(), RECIPE_TOOLS)
     # A live quality curve.
     cfg.objective_eval_every_steps = 5000
     cfg.objective_eval_clips = 8

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,3 +223,99 @@ def test_compile_check_compiles_the_demo_step_for_tpu_chips(tmp_path):
     step, raw = res["cost_model_step_s"], res["cost_model_raw_optimal_seconds"]
     assert step > 0 and step == raw
     assert res["audio_s_per_s_per_chip"] > 0 and 0 < res["mfu"] < 1
+
+
+# ------------------------------------------------------------------------------- recipe quality
+def _recipe_quality():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import recipe_quality
+
+    return recipe_quality
+
+
+_FAKE_RUN = """
+import json, signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1]) / "metrics.jsonl"
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+step = 0
+t = time.process_time()
+while not stop:
+    while time.process_time() - t < 0.05:  # burn CPU
+        pass
+    t = time.process_time()
+    step += 1
+    rec = {"step": step, "train/msspec_step": 1.0 / step}
+    if step % 2 == 0:
+        rec.update({"eval/all/mel_distance": 2.0 / step, "eval/codebook/usage_0": 0.5,
+                    "eval/codebook/usage_1": 1.0})
+    with out.open("a") as f:
+        f.write(json.dumps(rec) + "\\n")
+with out.open("a") as f:
+    f.write(json.dumps({"step": step, "eval/all/mel_distance": 0.0}) + "\\n")
+sys.exit(75)
+"""
+
+
+def test_recipe_quality_stops_a_run_at_its_cpu_budget(tmp_path):
+    """The budget is the process's CPU seconds: the run gets SIGTERM once it has used them,
+    its records (written until it exits) come back stamped with the CPU seconds seen."""
+    rq = _recipe_quality()
+    run = rq.run_variant([sys.executable, "-c", _FAKE_RUN, str(tmp_path)], tmp_path, 1.0,
+                         poll_s=0.1)  # fmt: skip
+    assert run["stopped_by_budget"] and run["returncode"] == 75
+    assert 1.0 <= run["cpu_s"] < 3.0 and run["wall_s"] >= run["cpu_s"] * 0.5
+    records = run["records"]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps) and len(records) >= 10
+    assert records[-1]["eval/all/mel_distance"] == 0.0  # written after the SIGTERM
+    cpu = [r["cpu_s"] for r in records]
+    assert cpu == sorted(cpu) and cpu[-1] <= run["cpu_s"]
+    usage = rq.curve(records, "eval/codebook/usage")
+    assert usage and all(v == 0.75 for *_, v in usage)  # the mean over codebooks
+
+
+def test_recipe_quality_summary_and_verdicts():
+    rq = _recipe_quality()
+
+    def run(mel):  # evaluations at steps 10, 20, ...
+        recs = [{"step": 10 * (i + 1), "cpu_s": 6.0 * (i + 1), "wall_s": 0.0,
+                 "eval/all/mel_distance": m, "eval/all/si_sdr": m}
+                for i, m in enumerate(mel)]  # fmt: skip
+        return {"records": recs, "cpu_s": 60.0, "wall_s": 61.0, "returncode": 75,
+                "stopped_by_budget": True}  # fmt: skip
+
+    runs = {"original": run([3.0, 2.0, 1.0, 1.1, 0.9]), "ema": run([3.0, 2.0, 0.5, 0.5, 0.5]),
+            "balancer": run([3.0, 2.0, 1.0, 1.05, 0.95])}  # fmt: skip
+    s = {n: rq.summarise(r) for n, r in runs.items()}
+    mel = s["original"]["metrics"]["eval/all/mel_distance"]
+    assert mel["final"] == pytest.approx(1.0) and mel["best"] == 0.9
+    assert mel["spread"] == pytest.approx((0.02 / 3) ** 0.5)
+    assert s["original"]["steps"] == 50 and s["original"]["cpu_s_per_step"] == 1.2
+    judged = rq.verdicts(s)
+    assert judged["ema"]["eval/all/mel_distance"]["verdict"] == "better"
+    assert judged["ema"]["eval/all/si_sdr"]["verdict"] == "worse"  # higher is better there
+    assert judged["balancer"]["eval/all/mel_distance"]["verdict"] == "within noise"
+    table = rq.markdown(s, judged)
+    assert "| ema | 50 | 1.2 | 0.500 ± 0.000 (+) | 0.500 ± 0.000 (-) |" in table
+
+
+def test_recipe_quality_runs_the_demo_variants(tmp_path):
+    """End to end on the demo: a variant with every tool on, two evaluations, the results
+    files and the plot (the real comparison runs for minutes per variant: RESULTS.md)."""
+    out = tmp_path / "rq"
+    args = ["benchmarks/recipe_quality.py", f"--out={out}", "--variants=all", "--max_steps=2",
+            "--eval_every=1", "--eval_clips=2", "--budget_s=900"]  # fmt: skip
+    _run(args, timeout=900)
+    res = json.loads((out / "results.json").read_text())
+    v = res["variants"]["all"]
+    assert v["tools"] == "all" and v["steps"] == 2 and v["evaluations"] == 2
+    assert not v["stopped_by_budget"] and v["returncode"] == 0
+    for metric in ("eval/all/mel_distance", "eval/all/si_sdr", "eval/codebook/usage"):
+        assert np.isfinite(v["metrics"][metric]["final"]), metric
+    assert (out / "recipe_quality.png").stat().st_size > 0
+    assert "| all | 2 |" in (out / "results.md").read_text()
+    # A finished variant is not run again.
+    stdout = _run(args, timeout=300)
+    assert "running all" not in stdout
